@@ -7,7 +7,6 @@ padding nodes and edges). See :mod:`jaxfm.graph.batching`.
 
 from jaxfm.graph.batching import (
     Budget,
-    add_self_loops,
     batch_graphs,
     choose_budget,
     edge_mask,
@@ -15,10 +14,8 @@ from jaxfm.graph.batching import (
     make_budgets,
     node_mask,
     pad_to_budget,
-    remove_self_loops,
-    to_undirected,
-    validate_graph,
 )
+from jaxfm.graph.edges import add_self_loops, remove_self_loops, to_undirected
 from jaxfm.graph.neighbors import (
     EARTH_RADIUS,
     haversine_distance,
@@ -27,6 +24,7 @@ from jaxfm.graph.neighbors import (
     radius_graph,
 )
 from jaxfm.graph.sampling import KHopSubgraph, NodeBatchSampler, full_graph_batch, khop_subgraph
+from jaxfm.graph.validate import validate_graph
 
 __all__ = [
     "EARTH_RADIUS",
