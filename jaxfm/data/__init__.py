@@ -1,0 +1,50 @@
+"""Datasets for jaxfm: file readers (AnnData ``.h5ad``, loom, BrainLM atlas), FIMP spatial
+transcriptomics preprocessing (normalisation, gene-token sampling, value masking, splits) and
+built-in synthetic data for demos and tests.
+"""
+
+from jaxfm.data.anndata import (
+    AnnDataLike,
+    FileFormatError,
+    MissingKeyError,
+    detect_format,
+    read_anndata_like,
+    read_h5ad,
+    read_loom,
+)
+from jaxfm.data.fmri import A424_NUM_REGIONS, FMRIDataset, fmri_patches, read_a424_coordinates
+from jaxfm.data.gene_tokens import map_gene_symbols, mask_values, sample_expressed_genes
+from jaxfm.data.spatial import SpatialDataset, load_spatial, normalize_total_log1p, to_graph_arrays
+from jaxfm.data.splits import split_nodes
+from jaxfm.data.synthetic import (
+    GeoImageDataset,
+    synthetic_fmri,
+    synthetic_images,
+    synthetic_spatial,
+)
+
+__all__ = [
+    "A424_NUM_REGIONS",
+    "AnnDataLike",
+    "FMRIDataset",
+    "FileFormatError",
+    "GeoImageDataset",
+    "MissingKeyError",
+    "SpatialDataset",
+    "detect_format",
+    "fmri_patches",
+    "load_spatial",
+    "map_gene_symbols",
+    "mask_values",
+    "normalize_total_log1p",
+    "read_a424_coordinates",
+    "read_anndata_like",
+    "read_h5ad",
+    "read_loom",
+    "sample_expressed_genes",
+    "split_nodes",
+    "synthetic_fmri",
+    "synthetic_images",
+    "synthetic_spatial",
+    "to_graph_arrays",
+]

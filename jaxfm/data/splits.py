@@ -1,0 +1,60 @@
+"""Seeded, optionally stratified train/validation/test splits of node indices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["split_nodes"]
+
+
+def _split_sizes(m: int, fractions: np.ndarray) -> np.ndarray:
+    """Largest-remainder rounding of ``fractions * m`` (ties go to the earlier split)."""
+    raw = fractions * m
+    sizes = np.floor(raw).astype(np.int64)
+    rest = m - sizes.sum()
+    order = np.argsort(-(raw - sizes), kind="stable")
+    sizes[order[:rest]] += 1
+    return sizes
+
+
+def split_nodes(
+    n: int,
+    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    stratify: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random train / val / test node split (FIMP uses 70/10/20).
+
+    Args:
+        n: number of nodes.
+        fractions: three non-negative fractions summing to 1.
+        seed: the split is a pure function of ``(n, fractions, seed, stratify)``.
+        stratify: ``[n]`` labels; if given, every class is split with the same fractions.
+
+    Returns:
+        ``(train, val, test)`` sorted int64 index arrays, disjoint and covering ``range(n)``.
+
+    Raises:
+        ValueError: bad fractions or ``stratify`` of the wrong length.
+    """
+    frac = np.asarray(fractions, np.float64)
+    if frac.shape != (3,) or np.any(frac < 0) or not np.isclose(frac.sum(), 1.0):
+        raise ValueError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}")
+    rng = np.random.default_rng(seed)
+    if stratify is None:
+        groups = [np.arange(n)]
+    else:
+        stratify = np.asarray(stratify)
+        if stratify.shape != (n,):
+            raise ValueError(f"stratify must have shape [{n}], got {stratify.shape}")
+        groups = [np.flatnonzero(stratify == c) for c in np.unique(stratify)]
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for members in groups:
+        perm = rng.permutation(members)
+        bounds = np.cumsum(_split_sizes(len(members), frac))
+        for part, chunk in zip(parts, np.split(perm, bounds[:2]), strict=True):
+            part.append(chunk)
+    train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
+    return train, val, test
