@@ -50,7 +50,7 @@ def unflatten_params(flat: dict[str, Any]) -> dict:
 
 
 def save_model_dir(path: str | os.PathLike, params: dict, config: dict) -> Path:
-    """Atomically writes ``params`` (nested dict) and ``config`` (JSON-able) to directory ``path``."""
+    """Atomically writes ``params`` (nested dict) and ``config`` (JSON-able) to dir ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))

@@ -140,7 +140,9 @@ def fit(
         record.update({f"val_{k}": float(v) for k, v in evaluate(state.params).items()})
         record["epoch_seconds"] = round(time.perf_counter() - t0, 3)
         if not np.isfinite(record["train_loss"]):
-            raise FloatingPointError(f"fit: training loss became {record['train_loss']} at epoch {epoch}")
+            raise FloatingPointError(
+                f"fit: training loss became {record['train_loss']} at epoch {epoch}"
+            )
         history.append(record)
         _log_line(log_stream, record)
         stop = False
@@ -149,8 +151,9 @@ def fit(
             if stopper.improved(value):
                 best_params = jax.tree.map(np.asarray, state.params)
             stop = stopper.update(value, epoch)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
-                         if k.startswith("val_") or k == "train_loss"})
+        bar.set_postfix(
+            {k: f"{v:.4g}" for k, v in record.items() if k.startswith("val_") or k == "train_loss"}
+        )
         bar.update(1)
         if stop:
             break

@@ -38,7 +38,9 @@ class OptimizerConfig:
 
     def __post_init__(self):
         if self.name not in _OPTIMIZERS:
-            raise ValueError(f"OptimizerConfig.name must be one of {_OPTIMIZERS}, got {self.name!r}")
+            raise ValueError(
+                f"OptimizerConfig.name must be one of {_OPTIMIZERS}, got {self.name!r}"
+            )
         if self.schedule not in _SCHEDULES:
             raise ValueError(
                 f"OptimizerConfig.schedule must be one of {_SCHEDULES}, got {self.schedule!r}"

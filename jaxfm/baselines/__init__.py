@@ -1,0 +1,5 @@
+"""Baselines trained on the same batches and loop as FIMP/GraphFM."""
+
+from jaxfm.baselines.node_mlp import NodeMLP
+
+__all__ = ["NodeMLP"]

@@ -1,0 +1,216 @@
+"""The FIMP layer (message creation + COMBINE) and the FIMP model (tokenizer + layers + norm).
+
+Algorithm (one hop): tokens ``H [N, L, D]`` -> messages ``M_v = AGG_u m_{u->v}`` (eqs. 6-7, see
+:mod:`jaxfm.fimp.message`) -> ``H' = Norm(H + Dropout(M))`` -> optionally
+``H'' = Norm(H' + MLP(H'))``. Padding is handled with explicit masks: tokens of padding nodes
+are invalid, edges into or out of padding nodes are dropped, invalid tokens are never attended
+and are zero in every layer's output, so nothing leaks from padding into real tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxfm.fimp.config import (
+    FIMPConfig,
+    FMRITokenizerConfig,
+    GeneTokenizerConfig,
+    ImageTokenizerConfig,
+)
+from jaxfm.fimp.message import MessageCreator
+from jaxfm.fimp.tokenizers import FMRITokenizer, GeneTokenizer, ImageTokenizer
+from jaxfm.nn.mlp import Mlp
+
+__all__ = ["FIMP", "FIMPLayer", "masked_mean_pool"]
+
+
+def masked_mean_pool(tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
+    """Mean over valid tokens (0 for a node without any).
+
+    Shapes:
+      tokens ``[N, L, D]``, token_mask ``[N, L]`` -> ``[N, D]``.
+    """
+    m = token_mask.astype(tokens.dtype)[..., None]  # [N, L, 1]
+    total = jnp.sum(tokens * m, axis=1)
+    count = jnp.sum(m, axis=1)
+    return total / jnp.maximum(count, 1)
+
+
+def _zero_invalid(h: jax.Array, token_mask: jax.Array) -> jax.Array:
+    return jnp.where(token_mask[..., None], h, jnp.zeros((), h.dtype))
+
+
+class FIMPLayer(nn.Module):
+    """One FIMP hop: message creator + COMBINE.
+
+    Attributes:
+      config: the model config (message creator, aggregation, COMBINE options, dropout, dtype).
+
+    Parameters: ``message`` (:class:`~jaxfm.fimp.message.MessageCreator`), ``norm``, and with
+    ``combine_mlp`` also ``mlp/{fc1,fc2}`` and ``mlp_norm``.
+
+    Shapes:
+      h ``[N, L, D]``; token_mask ``[N, L]``; senders, receivers, edge_mask ``[E]`` ->
+      ``[N, L, D]`` (zero at invalid tokens).
+    """
+
+    config: FIMPConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        h: jax.Array,
+        token_mask: jax.Array,
+        senders: jax.Array,
+        receivers: jax.Array,
+        edge_mask: jax.Array,
+        *,
+        deterministic: bool = True,
+        attention_edges: jax.Array | None = None,
+    ):
+        cfg = self.config
+        dtype = cfg.compute_dtype
+        layer_norm = lambda name: nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name=name)
+        res = MessageCreator(
+            cfg.message,
+            dim=cfg.dim,
+            aggregation=cfg.aggregation,
+            edge_chunk_size=cfg.edge_chunk_size,
+            dropout=cfg.dropout,
+            dtype=dtype,
+            name="message",
+        )(
+            h,
+            senders,
+            receivers,
+            kv_mask=token_mask,
+            edge_mask=edge_mask,
+            deterministic=deterministic,
+            attention_edges=attention_edges,
+        )
+        m, maps = res if attention_edges is not None else (res, None)
+        # COMBINE: H' = Norm(H + Dropout(M)).
+        m = nn.Dropout(cfg.dropout)(m, deterministic=deterministic)
+        h = layer_norm("norm")(h + m)
+        if cfg.combine_mlp:
+            # H'' = Norm(H' + MLP(H')).
+            mlp = Mlp(
+                hidden=cfg.combine_mlp_dim,
+                activation=cfg.message.activation,
+                dropout=cfg.dropout,
+                dtype=dtype,
+                name="mlp",
+            )
+            h = layer_norm("mlp_norm")(h + mlp(h, deterministic=deterministic))
+        h = _zero_invalid(h, token_mask)
+        return h if maps is None else (h, maps)
+
+
+class FIMP(nn.Module):
+    """FIMP model: modality tokenizer (eq. 5) -> ``num_layers`` FIMP hops -> final norm.
+
+    Attributes:
+      config: a :class:`~jaxfm.fimp.config.FIMPConfig` with ``tokenizer`` set.
+
+    Parameters: ``tokenizer``, ``layers_0`` ... ``layers_{num_layers-1}`` (:class:`FIMPLayer`),
+    ``final_norm`` (if enabled).
+
+    ``nodes`` keys by tokenizer:
+      genes: ``gene_ids [N, L]`` int, ``values [N, L]``, ``token_mask [N, L]`` bool, optional
+      ``value_mask [N, L]`` bool; image: ``image [N, H, W, C]``; fmri: ``signal [N, T]``,
+      ``xyz [N, 3]``, optional ``patch_mask [N, P]`` bool. Other keys are ignored.
+    """
+
+    config: FIMPConfig
+
+    def _tokenize(self, nodes: Mapping[str, jax.Array]):
+        cfg = self.config
+        tok, dtype = cfg.tokenizer, cfg.compute_dtype
+        if isinstance(tok, GeneTokenizerConfig):
+            module = GeneTokenizer(tok, dim=cfg.dim, dtype=dtype, name="tokenizer")
+            return module(
+                nodes["gene_ids"], nodes["values"], nodes["token_mask"], nodes.get("value_mask")
+            )
+        if isinstance(tok, ImageTokenizerConfig):
+            return ImageTokenizer(tok, dim=cfg.dim, dtype=dtype, name="tokenizer")(nodes["image"])
+        if isinstance(tok, FMRITokenizerConfig):
+            module = FMRITokenizer(tok, dim=cfg.dim, dtype=dtype, name="tokenizer")
+            return module(nodes["signal"], nodes["xyz"], nodes.get("patch_mask"))
+        raise ValueError("FIMP: config.tokenizer must be set (see jaxfm.fimp.fimp_config)")
+
+    @nn.compact
+    def __call__(
+        self,
+        nodes: Mapping[str, jax.Array],
+        senders: jax.Array,
+        receivers: jax.Array,
+        *,
+        node_mask: jax.Array | None = None,
+        edge_mask: jax.Array | None = None,
+        deterministic: bool = True,
+        attention_edges: jax.Array | None = None,
+    ) -> dict[str, Any]:
+        """Encodes every node's token sequence with ``num_layers`` hops of message passing.
+
+        Args:
+          nodes: per-node inputs (see class docstring).
+          senders: source node per edge.
+          receivers: destination node per edge.
+          node_mask: True for real nodes (default: all).
+          edge_mask: True for real edges (default: all); combined with the node mask of both
+            endpoints.
+          deterministic: disables dropout when True (else needs the ``"dropout"`` rng).
+          attention_edges: optional edge indices ``[Es]`` whose attention maps to export.
+
+        Returns:
+          dict with ``tokens [N, L, D]`` (zero at invalid tokens), ``token_mask [N, L]`` bool,
+          ``node_embedding [N, D]`` (masked mean of tokens; 0 for padding nodes), and with
+          ``attention_edges`` also ``attention_maps [num_layers, num_message_layers, Es, H, L, L]``.
+
+        Shapes:
+          senders, receivers, edge_mask ``[E]``; node_mask ``[N]``.
+        """
+        cfg = self.config
+        h, token_mask = self._tokenize(nodes)  # [N, L, D], [N, L]
+        n = h.shape[0]
+        senders, receivers = jnp.asarray(senders), jnp.asarray(receivers)
+        node_mask = jnp.ones((n,), bool) if node_mask is None else jnp.asarray(node_mask, bool)
+        edge_mask = (
+            jnp.ones(senders.shape, bool) if edge_mask is None else jnp.asarray(edge_mask, bool)
+        )
+        # Edges into or out of padding nodes are not edges.
+        edge_mask = edge_mask & node_mask[senders] & node_mask[receivers]
+        token_mask = token_mask & node_mask[:, None]
+        h = _zero_invalid(h.astype(cfg.compute_dtype), token_mask)
+        maps = []
+        for i in range(cfg.num_layers):
+            res = FIMPLayer(cfg, name=f"layers_{i}")(
+                h,
+                token_mask,
+                senders,
+                receivers,
+                edge_mask,
+                deterministic=deterministic,
+                attention_edges=attention_edges,
+            )
+            h = res[0] if attention_edges is not None else res
+            if attention_edges is not None:
+                maps.append(res[1])
+        if cfg.final_norm:
+            h = nn.LayerNorm(
+                epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, name="final_norm"
+            )(h)
+            h = _zero_invalid(h, token_mask)
+        out = {
+            "tokens": h,
+            "token_mask": token_mask,
+            "node_embedding": masked_mean_pool(h, token_mask),
+        }
+        if attention_edges is not None:
+            out["attention_maps"] = jnp.stack(maps)
+        return out

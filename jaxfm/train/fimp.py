@@ -1,0 +1,369 @@
+"""Training FIMP on one task: batches, the jitted step, evaluation over whole splits, saving.
+
+``train_fimp(RunConfig(...))`` is what ``jaxfm fimp train`` calls; notebooks and experiments call it
+the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+
+from jaxfm.baselines import NodeMLP
+from jaxfm.fimp.config import VARIANTS, FIMPConfig, fimp_config
+from jaxfm.fimp.serialization import config_from_dict, config_to_dict
+from jaxfm.fimp.tasks import FIMPTaskModel, loss_and_metrics
+from jaxfm.graph import (
+    NodeBatchSampler,
+    batch_graphs,
+    edge_mask,
+    make_budgets,
+    node_mask,
+    pad_to_budget,
+)
+from jaxfm.graph.batching import Budget
+from jaxfm.ops import metrics as M
+from jaxfm.train.export import load_model_dir, save_model_dir
+from jaxfm.train.fimp_data import DataOptions, FIMPData, prepare_fimp_data
+from jaxfm.train.loop import EarlyStopping, TrainState, fit, make_train_step
+from jaxfm.train.optim import OptimizerConfig, make_optimizer
+
+__all__ = ["RunConfig", "evaluate_split", "load_fimp", "train_fimp"]
+
+_MONITOR = {"expression": ("mse", "min"), "fmri": ("mse", "min")}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """One FIMP training run.
+
+    Attributes:
+      task: ``expression``, ``celltype``, ``image`` or ``fmri``.
+      model: ``"fimp"`` or ``"mlp"`` (the no-graph baseline :class:`jaxfm.baselines.NodeMLP`).
+      data: dataset path or ``"synthetic"``.
+      variant: FIMP size preset (:data:`jaxfm.fimp.config.VARIANTS`).
+      overrides: FIMPConfig field overrides (e.g. ``{"num_layers": 2}``).
+      data_options: how the data becomes graphs.
+      optimizer: optax optimizer settings.
+      epochs: maximum epochs; ``patience``: early-stopping patience on the validation metric.
+      batch_size: seed nodes per batch (node tasks) or recordings per batch (fmri).
+      max_neighbors: per-hop neighbour sampling cap (``None``: all neighbours).
+      seed: parameter-init / dropout / batch-order seed.
+      save_dir: write the best model here (atomic); ``output_json``: write the results here.
+    """
+
+    task: str
+    model: str = "fimp"
+    data: str = "synthetic"
+    variant: str = "tiny"
+    overrides: dict = dataclasses.field(default_factory=dict)
+    data_options: DataOptions = dataclasses.field(default_factory=DataOptions)
+    optimizer: OptimizerConfig = dataclasses.field(
+        default_factory=lambda: OptimizerConfig(name="adamw", learning_rate=1e-3)
+    )
+    epochs: int = 20
+    patience: int = 5
+    batch_size: int = 128
+    max_neighbors: int | None = None
+    seed: int = 0
+    save_dir: str | None = None
+    output_json: str | None = None
+
+    def __post_init__(self):
+        if self.model not in ("fimp", "mlp"):
+            raise ValueError(f"model must be 'fimp' or 'mlp', got {self.model!r}")
+        if self.model == "mlp" and self.save_dir:
+            raise ValueError("save_dir is supported for FIMP models only")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
+        if self.epochs <= 0 or self.batch_size <= 0 or self.patience <= 0:
+            raise ValueError("epochs, batch_size and patience must be positive")
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------
+
+
+def _node_budgets(graph: jraph.GraphsTuple, batch_size: int, hops: int, max_nb) -> list[Budget]:
+    n = int(graph.n_node.sum())
+    indeg = np.bincount(graph.receivers, minlength=n)
+    fan = int(indeg.max()) if max_nb is None else min(int(indeg.max()), max_nb)
+    nodes, edges, frontier = batch_size, 0, batch_size
+    for _ in range(hops):
+        edges += frontier * fan
+        frontier *= fan
+        nodes += frontier
+    nodes, edges = min(nodes, n) + 1, min(edges, int(graph.senders.shape[0]))
+    return list(make_budgets(nodes, max(edges, 1), 2, num=4))
+
+
+class _Batches:
+    """Padded batches for one split: node tasks sample k-hop neighbourhoods of the split's nodes;
+    fmri batches whole recordings."""
+
+    def __init__(self, data: FIMPData, split: str, *, batch_size, hops, max_nb, shuffle, seed):
+        self.data, self.split, self.shuffle, self.seed = data, split, shuffle, seed
+        idx = data.splits[split]
+        if data.task == "fmri":
+            self.graphs = [data.graphs[i] for i in idx]
+            self.batch_size = batch_size
+            v = int(self.graphs[0].n_node[0])
+            e = int(self.graphs[0].n_edge[0])
+            self.budget = Budget(
+                n_node=batch_size * v + 1, n_edge=batch_size * e, n_graph=batch_size + 1
+            )
+        else:
+            graph = data.graphs[0]
+            self.sampler = NodeBatchSampler(
+                graph,
+                idx,
+                batch_size=batch_size,
+                num_hops=hops,
+                budgets=_node_budgets(graph, batch_size, hops, max_nb),
+                shuffle=shuffle,
+                seed=seed,
+                max_neighbors=max_nb,
+            )
+
+    def epoch(self, epoch: int) -> Iterator[jraph.GraphsTuple]:
+        if self.data.task != "fmri":
+            yield from self.sampler.iter_epoch(epoch)
+            return
+        order = np.arange(len(self.graphs))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(order)
+        for s in range(0, len(order), self.batch_size):
+            chosen = [self.graphs[i] for i in order[s : s + self.batch_size]]
+            g = batch_graphs(chosen)
+            g = g._replace(nodes={**g.nodes, "target_mask": np.ones(int(g.n_node.sum()), bool)})
+            yield pad_to_budget(g, self.budget)
+
+
+def _to_device(batch: jraph.GraphsTuple) -> jraph.GraphsTuple:
+    nodes = {k: v for k, v in batch.nodes.items() if k != "node_index"}
+    return batch._replace(nodes=nodes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, loss, steps
+# ----------------------------------------------------------------------------------------------
+
+
+def _random_value_mask(rng, token_mask, rate: float):
+    """Masks round(rate * n_valid) random valid tokens per node (at least one), inside jit."""
+    u = jax.random.uniform(rng, token_mask.shape)
+    u = jnp.where(token_mask, u, 2.0)
+    ranks = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
+    n_valid = token_mask.sum(-1)
+    n_mask = jnp.where(n_valid > 0, jnp.maximum(jnp.floor(rate * n_valid + 0.5), 1), 0)
+    return ranks < n_mask[:, None]
+
+
+def _make_loss_fn(model: FIMPTaskModel, task: str, mask_rate: float):
+    def loss_fn(params, batch, rng, train: bool):
+        nodes = dict(batch.nodes)
+        mask_rng, dropout_rng = jax.random.split(rng)
+        if train and task == "expression":
+            nodes["value_mask"] = _random_value_mask(mask_rng, nodes["token_mask"], mask_rate)
+        if train and task == "fmri":
+            nodes["patch_mask"] = _random_value_mask(
+                mask_rng, jnp.ones_like(nodes["patch_mask"]), mask_rate
+            )
+        nmask, emask = node_mask(batch), edge_mask(batch)
+        out = model.apply(
+            {"params": params},
+            nodes,
+            batch.senders,
+            batch.receivers,
+            node_mask=nmask,
+            edge_mask=emask,
+            deterministic=not train,
+            rngs={"dropout": dropout_rng},
+        )
+        loss, mets = loss_and_metrics(task, out, nodes, nmask)
+        mets = {k: v for k, v in mets.items() if k in ("accuracy", "mse")}
+        return loss, mets
+
+    return loss_fn
+
+
+def _make_predict(model: FIMPTaskModel):
+    @jax.jit
+    def predict(params, batch):
+        return model.apply(
+            {"params": params},
+            batch.nodes,
+            batch.senders,
+            batch.receivers,
+            node_mask=node_mask(batch),
+            edge_mask=edge_mask(batch),
+            deterministic=True,
+        )
+
+    return predict
+
+
+def evaluate_split(predict, params, batches: _Batches, task: str) -> dict[str, float]:
+    """Metrics over a whole split (gathered on the host, so macro-F1 and R² are exact)."""
+    preds, targets, masks = [], [], []
+    for batch in batches.epoch(0):
+        batch = _to_device(batch)
+        out = predict(params, batch)
+        keep = np.asarray(node_mask(batch)) & np.asarray(batch.nodes["target_mask"])
+        p = np.asarray(out["predictions"])[keep]
+        nodes = {k: np.asarray(v)[keep] for k, v in batch.nodes.items()}
+        if task in ("celltype", "image"):
+            preds.append(p), targets.append(nodes["label"]), masks.append(np.ones(len(p), bool))
+        elif task == "expression":
+            preds.append(p), targets.append(nodes["target_values"])
+            masks.append(nodes["value_mask"] & nodes["token_mask"])
+        else:
+            t = nodes["signal"].reshape(p.shape)
+            preds.append(p), targets.append(t), masks.append(nodes["patch_mask"])
+    p, t, m = (np.concatenate(x) for x in (preds, targets, masks))
+    if task in ("celltype", "image"):
+        return {
+            "accuracy": float(M.accuracy(p, t, m)),
+            "macro_f1": float(M.macro_f1(p, t, m)),
+            "cross_entropy": float(M.softmax_cross_entropy(p, t, m)),
+            "count": int(m.sum()),
+        }
+    if task == "fmri":
+        m = np.broadcast_to(m[..., None], p.shape)
+    return {
+        "mse": float(M.masked_mse(p, t, m)),
+        "r2": float(M.r2_score(p, t, m)),
+        "count": int(m.sum()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+
+def build_config(run: RunConfig, data: FIMPData) -> FIMPConfig:
+    return fimp_config(run.variant, tokenizer=data.tokenizer, **run.overrides)
+
+
+def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) -> dict[str, Any]:
+    """Trains FIMP on ``run.task`` with early stopping; returns (and optionally writes) results.
+
+    Returns:
+      ``{"task", "data", "config", "history", "best_epoch", "val": {...}, "test": {...},
+      "num_params", "seconds"}``; the test metrics use the best-validation parameters.
+    """
+    t0 = time.perf_counter()
+    data = prepare_fimp_data(run.task, run.data, run.data_options)
+    cfg = build_config(run, data)
+    if run.model == "fimp":
+        model, hops = FIMPTaskModel(cfg, run.task, data.num_classes), cfg.num_layers
+    else:
+        model, hops = NodeMLP(run.task, data.tokenizer, data.num_classes), 0
+    mk = lambda split, shuffle: _Batches(
+        data,
+        split,
+        batch_size=run.batch_size,
+        hops=hops,
+        max_nb=run.max_neighbors,
+        shuffle=shuffle,
+        seed=run.seed,
+    )
+    train_b, val_b, test_b = mk("train", True), mk("val", False), mk("test", False)
+
+    rng = jax.random.key(run.seed)
+    init_rng, rng = jax.random.split(rng)
+    first = _to_device(next(iter(train_b.epoch(0))))
+    params = model.init(
+        init_rng,
+        first.nodes,
+        first.senders,
+        first.receivers,
+        node_mask=node_mask(first),
+        edge_mask=edge_mask(first),
+    )["params"]
+    num_params = int(sum(x.size for x in jax.tree.leaves(params)))
+    steps_per_epoch = sum(1 for _ in train_b.epoch(0))
+    opt_cfg = run.optimizer
+    if opt_cfg.schedule == "warmup_cosine":
+        opt_cfg = dataclasses.replace(opt_cfg, total_steps=steps_per_epoch * run.epochs)
+    optimizer = make_optimizer(opt_cfg)
+    state = TrainState.create(params, optimizer)
+    train_step = make_train_step(
+        _make_loss_fn(model, run.task, run.data_options.mask_rate), optimizer
+    )
+    predict = _make_predict(model)
+    metric, mode = _MONITOR.get(run.task, ("accuracy", "max"))
+    stopper = EarlyStopping(metric=metric, mode=mode, patience=run.patience)
+
+    state, best, history = fit(
+        state,
+        train_step,
+        lambda e: (_to_device(b) for b in train_b.epoch(e)),
+        lambda p: evaluate_split(predict, p, val_b, run.task),
+        epochs=run.epochs,
+        rng=rng,
+        stopper=stopper,
+        log_stream=log_stream,
+        progress=progress,
+    )
+    results = {
+        "task": run.task,
+        "model": run.model,
+        "data": run.data,
+        "dataset": data.metadata.get("dataset"),
+        "variant": run.variant,
+        "config": config_to_dict(cfg),
+        "num_params": num_params,
+        "num_nodes": int(sum(int(g.n_node.sum()) for g in data.graphs)),
+        "num_edges": int(sum(int(g.n_edge.sum()) for g in data.graphs)),
+        "split_sizes": {k: len(v) for k, v in data.splits.items()},
+        "best_epoch": stopper.best_epoch,
+        "val": evaluate_split(predict, best, val_b, run.task),
+        "test": evaluate_split(predict, best, test_b, run.task),
+        "history": history,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if run.save_dir:
+        save_model_dir(
+            run.save_dir,
+            best,
+            {
+                "family": "fimp",
+                "task": run.task,
+                "num_classes": data.num_classes,
+                "fimp": config_to_dict(cfg),
+                "metadata": data.metadata,
+                "data": run.data,
+                "data_options": dataclasses.asdict(run.data_options),
+            },
+        )
+    if run.output_json:
+        path = Path(run.output_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(path)
+    return results
+
+
+def load_fimp(path) -> tuple[FIMPTaskModel, dict, dict]:
+    """Loads a model directory written by ``train_fimp(save_dir=...)``: (model, params, config)."""
+    params, config = load_model_dir(path)
+    if config.get("family") != "fimp":
+        raise ValueError(f"{path}: not a FIMP model directory (family={config.get('family')!r})")
+    cfg = config_from_dict(config["fimp"])
+    model = FIMPTaskModel(cfg, config["task"], config["num_classes"])
+    params = jax.tree.map(jnp.asarray, params)
+    return model, params, config

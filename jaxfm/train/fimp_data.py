@@ -1,0 +1,309 @@
+"""FIMP task inputs: a dataset (a file or built-in synthetic data) turned into graphs of tokenized
+nodes, with splits. One function per modality; :func:`prepare_fimp_data` dispatches by task.
+
+Node tasks (``expression``, ``celltype``, ``image``) live on one graph whose nodes are split into
+train/val/test; ``fmri`` has one graph per recording (the 424 A424 regions, kNN over their
+coordinates) and splits recordings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jraph
+import numpy as np
+import scipy.sparse as sp
+
+from jaxfm.data import (
+    GeoImageDataset,
+    load_spatial,
+    mask_values,
+    read_a424_coordinates,
+    sample_expressed_genes,
+    split_nodes,
+    synthetic_fmri,
+    synthetic_images,
+    synthetic_spatial,
+    to_graph_arrays,
+)
+from jaxfm.fimp.config import FMRITokenizerConfig, GeneTokenizerConfig, ImageTokenizerConfig
+from jaxfm.graph import add_self_loops, haversine_radius_graph, knn_graph, validate_graph
+
+__all__ = ["DataOptions", "FIMPData", "prepare_fimp_data"]
+
+SYNTHETIC = "synthetic"
+_A424_CANDIDATES = (
+    Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "fmri" / "A424_Coordinates.dat",
+    Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "data" / "A424_Coordinates.dat",
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """How a dataset becomes FIMP inputs.
+
+    Attributes:
+      max_genes: gene tokens per cell (a sample of its expressed genes).
+      knn: neighbours per node when the graph is built from coordinates.
+      radius_miles: image networks: connect images within this great-circle distance instead of
+        kNN (``None``: kNN).
+      graph: ``"file"`` (the file's neighbour matrix, else kNN), ``"knn"``, or ``"none"`` (self
+        loops only: the no-graph ablation).
+      mask_rate: fraction of tokens masked for masked prediction (expression values, fMRI patches).
+      num_timepoints: fMRI timepoints per recording (multiple of 20) for synthetic recordings.
+      num_recordings: synthetic fMRI recordings.
+      num_nodes: synthetic node count (cells / images).
+      split: train/val/test fractions.
+      seed: data seed (sampling, masks, splits).
+    """
+
+    max_genes: int = 64
+    knn: int = 6
+    radius_miles: float | None = None
+    graph: str = "file"
+    mask_rate: float = 0.8
+    num_timepoints: int = 160
+    num_recordings: int = 60
+    num_nodes: int = 1200
+    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.graph not in ("file", "knn", "none"):
+            raise ValueError(f"graph must be 'file', 'knn' or 'none', got {self.graph!r}")
+        if not 0.0 < self.mask_rate < 1.0:
+            raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+        for name in ("max_genes", "knn", "num_timepoints", "num_recordings", "num_nodes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class FIMPData:
+    """Tokenized graphs and splits for one task.
+
+    Attributes:
+      task: the FIMP task.
+      tokenizer: the tokenizer config matching the data (gene count, image size, ...).
+      graphs: one graph (node tasks) or one per recording (fmri); ``nodes`` dicts of numpy arrays.
+      splits: ``{"train"|"val"|"test": indices}`` into the nodes of ``graphs[0]`` (node tasks) or
+        into ``graphs`` (fmri).
+      num_classes: classification tasks only.
+      metadata: names (genes, classes, regions) carried into saved models and attention maps.
+    """
+
+    task: str
+    tokenizer: Any
+    graphs: list[jraph.GraphsTuple]
+    splits: dict[str, np.ndarray]
+    num_classes: int | None = None
+    metadata: dict = dataclasses.field(default_factory=dict)
+
+
+def _graph(nodes: dict, senders, receivers, num_nodes: int, name: str) -> jraph.GraphsTuple:
+    senders, receivers = add_self_loops(senders, receivers, num_nodes)  # FIMP: self-loops are edges
+    g = jraph.GraphsTuple(
+        nodes=nodes,
+        edges=None,
+        senders=senders.astype(np.int32),
+        receivers=receivers.astype(np.int32),
+        n_node=np.array([num_nodes], np.int32),
+        n_edge=np.array([senders.shape[0]], np.int32),
+        globals=None,
+    )
+    validate_graph(g, name=name)
+    return g
+
+
+def _edges_from_adjacency(adjacency: sp.spmatrix | None, coords, opts: DataOptions):
+    n = coords.shape[0]
+    if opts.graph == "none":
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    if opts.graph == "file" and adjacency is not None:
+        return to_graph_arrays(adjacency)
+    return knn_graph(coords, min(opts.knn, n - 1))
+
+
+def _spatial(task: str, data: str, opts: DataOptions) -> FIMPData:
+    if data == SYNTHETIC:
+        ds = synthetic_spatial(num_cells=opts.num_nodes, seed=opts.seed, k=opts.knn)
+    else:
+        ds = load_spatial(data, graph="knn" if opts.graph == "knn" else "file", k=opts.knn)
+    rng = np.random.default_rng(opts.seed)
+    gene_ids, values, token_mask = sample_expressed_genes(ds.expression, opts.max_genes, rng=rng)
+    # Fixed masks for evaluation; training re-draws them every step (jaxfm.train.fimp).
+    value_mask = mask_values(token_mask, opts.mask_rate, rng=rng)
+    nodes = {
+        "gene_ids": gene_ids,
+        "values": values,
+        "target_values": values,
+        "token_mask": token_mask,
+        "value_mask": value_mask if task == "expression" else np.zeros_like(token_mask),
+    }
+    num_classes = None
+    if task == "celltype":
+        if ds.labels is None:
+            raise ValueError(f"{data}: task 'celltype' needs cell-type labels; none were found")
+        nodes["label"] = ds.labels.astype(np.int32)
+        num_classes = len(ds.label_names)
+    senders, receivers = _edges_from_adjacency(ds.adjacency, ds.coords, opts)
+    graph = _graph(nodes, senders, receivers, ds.num_cells, name=f"{ds.name} graph")
+    stratify = ds.labels if task == "celltype" else None
+    train, val, test = split_nodes(ds.num_cells, opts.split, seed=opts.seed, stratify=stratify)
+    tokenizer = GeneTokenizerConfig(num_genes=ds.num_genes)
+    meta = {
+        "dataset": ds.name,
+        "gene_names": [str(g) for g in ds.gene_names],
+        "label_names": [str(x) for x in ds.label_names] if ds.label_names is not None else None,
+        "num_edges": int(graph.senders.shape[0]),
+    }
+    return FIMPData(
+        task=task,
+        tokenizer=tokenizer,
+        graphs=[graph],
+        splits={"train": train, "val": val, "test": test},
+        num_classes=num_classes,
+        metadata=meta,
+    )
+
+
+def _load_image_npz(path: str) -> GeoImageDataset:
+    with np.load(path, allow_pickle=False) as f:
+        missing = {"images", "latlon", "labels"} - set(f.files)
+        if missing:
+            raise ValueError(
+                f"{path}: image networks need arrays images [N,H,W,C], latlon [N,2], labels [N]; "
+                f"missing {sorted(missing)}"
+            )
+        images, latlon, labels = f["images"], f["latlon"], f["labels"]
+    n = labels.shape[0]
+    names = tuple(str(i) for i in range(int(labels.max()) + 1))
+    return GeoImageDataset(
+        images=images.astype(np.float32),
+        coords=latlon.astype(np.float32),
+        labels=labels.astype(np.int32),
+        class_names=names,
+        adjacency=sp.csr_matrix((n, n), dtype=np.float32),
+        name=Path(path).stem,
+    )
+
+
+def _images(data: str, opts: DataOptions) -> FIMPData:
+    if data == SYNTHETIC:
+        ds = synthetic_images(num_nodes=opts.num_nodes, seed=opts.seed, k=opts.knn)
+    else:
+        ds = _load_image_npz(data)
+    if not np.isfinite(ds.images).all():
+        raise ValueError(f"{ds.name}: images contain NaN/inf")
+    if opts.graph == "none":
+        senders, receivers = np.zeros(0, np.int32), np.zeros(0, np.int32)
+    elif opts.radius_miles is not None:
+        senders, receivers = haversine_radius_graph(ds.coords, opts.radius_miles, unit="mi")
+    elif opts.graph == "file" and ds.adjacency.nnz:
+        senders, receivers = to_graph_arrays(ds.adjacency)
+    else:
+        senders, receivers = _great_circle_knn(ds.coords, opts.knn)
+    nodes = {"image": ds.images, "label": ds.labels}
+    graph = _graph(nodes, senders, receivers, ds.num_nodes, name=f"{ds.name} graph")
+    train, val, test = split_nodes(ds.num_nodes, opts.split, seed=opts.seed, stratify=ds.labels)
+    h, w, c = ds.images.shape[1:]
+    if h != w:
+        raise ValueError(f"{ds.name}: images must be square, got {h}x{w}")
+    patch = 4 if h % 4 == 0 else 1
+    return FIMPData(
+        task="image",
+        tokenizer=ImageTokenizerConfig(image_size=h, patch_size=patch, channels=c),
+        graphs=[graph],
+        splits={"train": train, "val": val, "test": test},
+        num_classes=ds.num_classes,
+        metadata={"dataset": ds.name, "label_names": list(ds.class_names)},
+    )
+
+
+def _great_circle_knn(latlon: np.ndarray, k: int):
+    lat, lon = np.radians(latlon[:, 0]), np.radians(latlon[:, 1])
+    xyz = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
+    return knn_graph(xyz, min(k, latlon.shape[0] - 1))  # chord order == great-circle order
+
+
+def _a424_path() -> Path:
+    for p in _A424_CANDIDATES:
+        if p.is_file():
+            return p
+    raise FileNotFoundError(
+        "A424 atlas coordinates not found; looked in " + ", ".join(str(p) for p in _A424_CANDIDATES)
+    )
+
+
+def _fmri(data: str, opts: DataOptions) -> FIMPData:
+    if data == SYNTHETIC:
+        coords = read_a424_coordinates(_a424_path())
+        signals = synthetic_fmri(
+            coords, opts.num_recordings, num_timepoints=opts.num_timepoints, seed=opts.seed
+        )
+        name = "synthetic_fmri_a424"
+    else:
+        with np.load(data, allow_pickle=False) as f:
+            if "signals" not in f.files or "coords" not in f.files:
+                raise ValueError(
+                    f"{data}: fMRI data needs arrays signals [R, V, T] and coords [V, 3]"
+                )
+            signals, coords = f["signals"].astype(np.float32), f["coords"].astype(np.float32)
+        name = Path(data).stem
+    r, v, t = signals.shape
+    if coords.shape != (v, 3):
+        raise ValueError(f"{name}: coords must be [{v}, 3] to match signals {signals.shape}")
+    if t % 20:
+        raise ValueError(f"{name}: timepoints per recording must be a multiple of 20, got {t}")
+    if not np.isfinite(signals).all():
+        raise ValueError(f"{name}: signals contain NaN/inf")
+    tok = FMRITokenizerConfig(patch_size=20, num_patches=t // 20)
+    rng = np.random.default_rng(opts.seed)
+    if opts.graph == "none":
+        senders, receivers = np.zeros(0, np.int32), np.zeros(0, np.int32)
+    else:
+        senders, receivers = knn_graph(coords, opts.knn)
+    graphs = []
+    for i in range(r):
+        patch_mask = mask_values(np.ones((v, t // 20), bool), opts.mask_rate, rng=rng)
+        nodes = {
+            "signal": signals[i],
+            "xyz": np.broadcast_to(coords, (v, 3)).astype(np.float32),
+            "patch_mask": patch_mask,
+        }
+        graphs.append(_graph(nodes, senders, receivers, v, name=f"{name} recording {i}"))
+    train, val, test = split_nodes(r, opts.split, seed=opts.seed)
+    return FIMPData(
+        task="fmri",
+        tokenizer=tok,
+        graphs=graphs,
+        splits={"train": train, "val": val, "test": test},
+        metadata={"dataset": name, "num_regions": v},
+    )
+
+
+def prepare_fimp_data(task: str, data: str, opts: DataOptions | None = None) -> FIMPData:
+    """Loads ``data`` (a file path or ``"synthetic"``) for FIMP ``task``.
+
+    Args:
+      task: ``expression`` / ``celltype`` (spatial transcriptomics: ``.h5ad`` or ``.loom``),
+        ``image`` (``.npz`` with ``images [N,H,W,C]``, ``latlon [N,2]``, ``labels [N]``), or
+        ``fmri`` (``.npz`` with ``signals [R,V,T]``, ``coords [V,3]``).
+      data: path, or ``"synthetic"`` for the built-in generators.
+      opts: see :class:`DataOptions`.
+
+    Raises:
+      FileNotFoundError / ValueError: naming the file and what was expected.
+    """
+    opts = opts or DataOptions()
+    if data != SYNTHETIC and not Path(data).exists():
+        raise FileNotFoundError(f"--data {data}: no such file (or pass 'synthetic')")
+    if task in ("expression", "celltype"):
+        return _spatial(task, data, opts)
+    if task == "image":
+        return _images(data, opts)
+    if task == "fmri":
+        return _fmri(data, opts)
+    raise ValueError(f"unknown FIMP task {task!r}; expected expression, celltype, image or fmri")
