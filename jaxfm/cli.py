@@ -80,7 +80,7 @@ def _fimp_train(args) -> int:
 
 
 def _fimp_attention_map(args) -> int:
-    from jaxfm.fimp.attention_map import export_attention_map
+    from jaxfm.train.fimp_attention import export_attention_map
 
     out = export_attention_map(
         args.model,

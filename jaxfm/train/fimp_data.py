@@ -143,10 +143,11 @@ def _spatial(task: str, data: str, opts: DataOptions) -> FIMPData:
         "value_mask": value_mask if task == "expression" else np.zeros_like(token_mask),
     }
     num_classes = None
+    if ds.labels is not None:  # also kept for expression: attention maps group by cell type
+        nodes["label"] = ds.labels.astype(np.int32)
     if task == "celltype":
         if ds.labels is None:
             raise ValueError(f"{data}: task 'celltype' needs cell-type labels; none were found")
-        nodes["label"] = ds.labels.astype(np.int32)
         num_classes = len(ds.label_names)
     senders, receivers = _edges_from_adjacency(ds.adjacency, ds.coords, opts)
     graph = _graph(nodes, senders, receivers, ds.num_cells, name=f"{ds.name} graph")

@@ -51,7 +51,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
         (loss, metrics), grads = grad_fn(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return jax.jit(train_step, donate_argnums=(0,))
