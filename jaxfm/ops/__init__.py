@@ -1,7 +1,11 @@
-"""Pure functions (no Flax state): attention dispatch, cross-node attention, segment ops, metrics."""
+"""Pure functions (no Flax state): attention dispatch, cross-node attention, segment ops."""
 
 from jaxfm.ops.attention import attention, attention_reference, build_mask, cudnn_supported
-from jaxfm.ops.cross_node import cross_node_attention, cross_node_attention_reference
+from jaxfm.ops.cross_node import (
+    cross_node_attention,
+    cross_node_attention_reference,
+    cross_node_attention_weights,
+)
 
 __all__ = [
     "attention",
@@ -9,5 +13,6 @@ __all__ = [
     "build_mask",
     "cross_node_attention",
     "cross_node_attention_reference",
+    "cross_node_attention_weights",
     "cudnn_supported",
 ]

@@ -133,6 +133,8 @@ def _spatial(task: str, data: str, opts: DataOptions) -> FIMPData:
         ds = load_spatial(data, graph="knn" if opts.graph == "knn" else "file", k=opts.knn)
     rng = np.random.default_rng(opts.seed)
     gene_ids, values, token_mask = sample_expressed_genes(ds.expression, opts.max_genes, rng=rng)
+    width = int(token_mask.sum(1).max())  # L: no all-padding token columns (e.g. 33-gene panels)
+    gene_ids, values, token_mask = gene_ids[:, :width], values[:, :width], token_mask[:, :width]
     # Fixed masks for evaluation; training re-draws them every step (jaxfm.train.fimp).
     value_mask = mask_values(token_mask, opts.mask_rate, rng=rng)
     nodes = {
