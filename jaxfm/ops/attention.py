@@ -33,7 +33,7 @@ def _check(cond: bool, msg: str) -> None:
 def _validate(q, k, v, q_segment_ids, kv_segment_ids, kv_mask, q_seq_lengths, kv_seq_lengths):
     _check(q.ndim == 4, f"attention: q must be [B, Tq, H, Dh], got shape {q.shape}")
     _check(k.ndim == 4, f"attention: k must be [B, Tk, H, Dh], got shape {k.shape}")
-    _check(v.ndim == 4, f"attention: v must be [B, Tk, H, Dv], got shape {v.shape}")
+    _check(v.ndim == 4, f"attention: v must be [B, Tk, H, Dh], got shape {v.shape}")
     b, tq, h, dh = q.shape
     _check(
         k.shape[0] == b and k.shape[2] == h and k.shape[3] == dh,
@@ -41,8 +41,8 @@ def _validate(q, k, v, q_segment_ids, kv_segment_ids, kv_mask, q_seq_lengths, kv
     )
     tk = k.shape[1]
     _check(
-        v.shape[:3] == (b, tk, h),
-        f"attention: v must be [B={b}, Tk={tk}, H={h}, Dv] to match k {k.shape}, got {v.shape}",
+        v.shape == k.shape,
+        f"attention: v must be [B={b}, Tk={tk}, H={h}, Dh={dh}] like k, got {v.shape}",
     )
     _check(
         (q_segment_ids is None) == (kv_segment_ids is None),
@@ -186,11 +186,11 @@ def attention(
       return_weights: also return the attention probabilities (uses the reference path). Static.
 
     Returns:
-      ``[B, Tq, H, Dv]`` in q's dtype; with ``return_weights`` a tuple ``(out, weights)`` where
+      ``[B, Tq, H, Dh]`` in q's dtype; with ``return_weights`` a tuple ``(out, weights)`` where
       weights is ``[B, H, Tq, Tk]`` float32. A query with no valid key gets zeros.
 
     Shapes:
-      q ``[B, Tq, H, Dh]``; k ``[B, Tk, H, Dh]``; v ``[B, Tk, H, Dv]``; segment ids ``[B, Tq]`` /
+      q ``[B, Tq, H, Dh]``; k and v ``[B, Tk, H, Dh]``; segment ids ``[B, Tq]`` /
       ``[B, Tk]`` int; kv_mask ``[B, Tk]`` bool; seq lengths ``[B]`` int.
 
     Raises:

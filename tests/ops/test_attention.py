@@ -115,8 +115,10 @@ def test_return_weights_rows_sum_to_one_or_zero():
     out, w = attention(q, k, v, q_segment_ids=qseg, kv_segment_ids=kseg, kv_mask=kv_mask,
                        return_weights=True)
     assert w.shape == (2, 2, 5, 7)
+    np.testing.assert_allclose(out, _numpy_attention(q, k, v, allowed), atol=1e-5)
     sums = np.asarray(w.sum(-1))
-    np.testing.assert_allclose(sums, np.broadcast_to(allowed.any(-1)[:, None], sums.shape), atol=1e-6)
+    expected = np.broadcast_to(allowed.any(-1)[:, None], sums.shape)
+    np.testing.assert_allclose(sums, expected, atol=1e-6)
     assert np.all(np.asarray(w)[~np.broadcast_to(allowed[:, None], w.shape)] == 0)
 
 
@@ -125,6 +127,7 @@ def test_return_weights_rows_sum_to_one_or_zero():
     [
         (dict(k=np.zeros((2, 7, 2, 4))), "k must be"),
         (dict(v=np.zeros((2, 6, 2, 8))), "v must be"),
+        (dict(v=np.zeros((2, 7, 2, 4))), "v must be"),
         (dict(kv_mask=np.ones((2, 6), bool)), "kv_mask must have shape"),
         (dict(kv_mask=np.ones((2, 7), np.int32)), "kv_mask must be bool"),
         (dict(q_segment_ids=np.ones((2, 5), np.int32)), "both q_segment_ids and kv_segment_ids"),
