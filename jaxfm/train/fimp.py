@@ -40,7 +40,12 @@ from jaxfm.train.optim import OptimizerConfig, make_optimizer
 
 __all__ = ["RunConfig", "evaluate_split", "load_fimp", "train_fimp"]
 
-_MONITOR = {"expression": ("mse", "min"), "fmri": ("mse", "min")}
+_MONITOR = {
+    "expression": ("mse", "min"),
+    "fmri": ("mse", "min"),
+    "celltype": ("cross_entropy", "min"),
+    "image": ("cross_entropy", "min"),
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -304,7 +309,7 @@ def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) 
         _make_loss_fn(model, run.task, run.data_options.mask_rate), optimizer
     )
     predict = _make_predict(model)
-    metric, mode = _MONITOR.get(run.task, ("accuracy", "max"))
+    metric, mode = _MONITOR[run.task]
     stopper = EarlyStopping(metric=metric, mode=mode, patience=run.patience)
 
     state, best, history = fit(
