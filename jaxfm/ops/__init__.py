@@ -4,7 +4,6 @@ from jaxfm.ops.attention import attention, attention_reference, build_mask, cudn
 from jaxfm.ops.cross_node import (
     cross_node_attention,
     cross_node_attention_reference,
-    cross_node_attention_weights,
 )
 
 __all__ = [
@@ -13,6 +12,5 @@ __all__ = [
     "build_mask",
     "cross_node_attention",
     "cross_node_attention_reference",
-    "cross_node_attention_weights",
     "cudnn_supported",
 ]

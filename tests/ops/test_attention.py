@@ -88,8 +88,9 @@ def test_gradients_match_reference():
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v) * w)
 
-    fast = loss(lambda q, k, v: attention(
-        q, k, v, q_segment_ids=qseg, kv_segment_ids=kseg, kv_mask=kv_mask))
+    fast = loss(
+        lambda q, k, v: attention(q, k, v, q_segment_ids=qseg, kv_segment_ids=kseg, kv_mask=kv_mask)
+    )
     slow = loss(lambda q, k, v: attention_reference(q, k, v, mask=mask))
     g_fast = jax.grad(fast, argnums=(0, 1, 2))(q, k, v)
     g_slow = jax.grad(slow, argnums=(0, 1, 2))(q, k, v)
@@ -105,15 +106,17 @@ def test_bfloat16_close_to_float32():
     out16 = attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), **kw)
     assert out16.dtype == jnp.bfloat16
     # bf16 has 8 mantissa bits: inputs ~N(0,1), outputs bounded by max|v|; 3e-2 is ~4 ulps there.
-    np.testing.assert_allclose(out16.astype(jnp.float32), _numpy_attention(q, k, v, allowed),
-                               atol=3e-2)
+    np.testing.assert_allclose(
+        out16.astype(jnp.float32), _numpy_attention(q, k, v, allowed), atol=3e-2
+    )
 
 
 def test_return_weights_rows_sum_to_one_or_zero():
     q, k, v = _inputs(9)
     qseg, kseg, kv_mask, allowed = _random_masking(9)
-    out, w = attention(q, k, v, q_segment_ids=qseg, kv_segment_ids=kseg, kv_mask=kv_mask,
-                       return_weights=True)
+    out, w = attention(
+        q, k, v, q_segment_ids=qseg, kv_segment_ids=kseg, kv_mask=kv_mask, return_weights=True
+    )
     assert w.shape == (2, 2, 5, 7)
     np.testing.assert_allclose(out, _numpy_attention(q, k, v, allowed), atol=1e-5)
     sums = np.asarray(w.sum(-1))
@@ -131,8 +134,12 @@ def test_return_weights_rows_sum_to_one_or_zero():
         (dict(kv_mask=np.ones((2, 6), bool)), "kv_mask must have shape"),
         (dict(kv_mask=np.ones((2, 7), np.int32)), "kv_mask must be bool"),
         (dict(q_segment_ids=np.ones((2, 5), np.int32)), "both q_segment_ids and kv_segment_ids"),
-        (dict(q_segment_ids=np.ones((2, 5), np.float32), kv_segment_ids=np.ones((2, 7), np.int32)),
-         "q_segment_ids must be an integer"),
+        (
+            dict(
+                q_segment_ids=np.ones((2, 5), np.float32), kv_segment_ids=np.ones((2, 7), np.int32)
+            ),
+            "q_segment_ids must be an integer",
+        ),
         (dict(kv_seq_lengths=np.ones((3,), np.int32)), "kv_seq_lengths must be"),
         (dict(implementation="flash"), "implementation must be one of"),
     ],

@@ -1,8 +1,7 @@
 """jaxfm.ops.cross_node_attention (FIMP eqs. 6-7) against per-edge references.
 
 Corner cases (padding edges, isolated nodes, senders without a valid key), symmetries
-(relabelling, padding), chunk-size independence, gradients, bf16, memory bound and errors; plus
-cross_node_attention_weights against a Python loop.
+(relabelling, padding), chunk-size independence, gradients, bf16, memory bound and errors.
 """
 
 import doctest
@@ -16,7 +15,6 @@ import jaxfm.ops.cross_node as cross_node_module
 from jaxfm.ops import (
     cross_node_attention,
     cross_node_attention_reference,
-    cross_node_attention_weights,
 )
 
 IMPLS = ["grouped", "per_edge"]
@@ -322,100 +320,3 @@ def test_bad_options_raise(kwargs, match):
 
 def test_docstring_examples_run():
     assert doctest.testmod(cross_node_module).failed == 0
-
-
-# ----------------------------------------------------------------------------- attention maps
-
-
-def _weights_loop(g, rgroups, sgroups, num_groups):
-    q, k = g["q"].astype(np.float64), g["k"].astype(np.float64)
-    lq, lk = q.shape[1], k.shape[1]
-    sums = np.zeros((num_groups, num_groups, lq, lk))
-    counts = np.zeros((num_groups, num_groups), np.int64)
-    for i, (s, r) in enumerate(zip(g["senders"], g["receivers"], strict=True)):
-        if not g["edge_mask"][i]:
-            continue
-        a, b = rgroups[r], sgroups[s]
-        counts[a, b] += 1
-        valid = g["kv_mask"][s]
-        if not valid.any():
-            continue
-        scores = np.einsum("qhd,khd->hqk", q[r], k[s]) / np.sqrt(q.shape[-1])
-        scores = np.where(valid, scores, -np.inf)
-        p = np.exp(scores - scores.max(-1, keepdims=True))
-        sums[a, b] += (p / p.sum(-1, keepdims=True)).mean(0)
-    return sums, counts
-
-
-@pytest.mark.parametrize("use_jit", [False, True])
-def test_attention_weights_match_loop(use_jit):
-    g = _graph(12)
-    rng = np.random.default_rng(12)
-    rgroups = rng.integers(0, 3, size=9).astype(np.int32)
-    sgroups = rng.integers(0, 3, size=9).astype(np.int32)
-
-    def fn(q, k, s, r, km, em, rg, sg):
-        return cross_node_attention_weights(
-            q,
-            k,
-            s,
-            r,
-            kv_mask=km,
-            edge_mask=em,
-            receiver_groups=rg,
-            sender_groups=sg,
-            num_groups=3,
-            edge_chunk_size=7,
-        )
-
-    fn = jax.jit(fn) if use_jit else fn
-    sums, counts = fn(
-        g["q"], g["k"], g["senders"], g["receivers"], g["kv_mask"], g["edge_mask"], rgroups, sgroups
-    )
-    want_sums, want_counts = _weights_loop(g, rgroups, sgroups, 3)
-    assert sums.shape == (3, 3, 5, 6) and counts.shape == (3, 3)
-    np.testing.assert_array_equal(counts, want_counts)
-    np.testing.assert_allclose(sums, want_sums, atol=1e-5)
-
-
-def test_attention_weights_defaults_and_errors():
-    g = _graph(13)
-    sums, counts = cross_node_attention_weights(
-        g["q"],
-        g["k"],
-        g["senders"],
-        g["receivers"],
-        kv_mask=g["kv_mask"],
-        edge_mask=g["edge_mask"],
-    )
-    want_sums, want_counts = _weights_loop(g, np.zeros(9, int), np.zeros(9, int), 1)
-    np.testing.assert_array_equal(counts, want_counts)
-    np.testing.assert_allclose(sums, want_sums, atol=1e-5)
-    groups = np.arange(9, dtype=np.int32) % 2
-    sums, counts = cross_node_attention_weights(
-        g["q"], g["k"], g["senders"], g["receivers"], receiver_groups=groups
-    )
-    assert sums.shape[:2] == counts.shape == (2, 2)  # inferred G, sender groups default to these
-    assert int(counts.sum()) == g["senders"].shape[0]
-    with pytest.raises(ValueError, match=r"receiver_groups must have shape \[N\]=\(9,\)"):
-        cross_node_attention_weights(
-            g["q"], g["k"], g["senders"], g["receivers"], receiver_groups=groups[:4], num_groups=2
-        )
-    with pytest.raises(ValueError, match=r"sender_groups must lie in \[0, num_groups=2\)"):
-        cross_node_attention_weights(
-            g["q"],
-            g["k"],
-            g["senders"],
-            g["receivers"],
-            receiver_groups=groups,
-            sender_groups=groups + 1,
-            num_groups=2,
-        )
-    with pytest.raises(ValueError, match=r"senders must lie in \[0, N=9\)"):
-        cross_node_attention_weights(g["q"], g["k"], g["senders"] - 1, g["receivers"])
-    with pytest.raises(ValueError, match=r"pass num_groups"):
-        jax.jit(
-            lambda gr: cross_node_attention_weights(
-                g["q"], g["k"], g["senders"], g["receivers"], receiver_groups=gr
-            )
-        )(groups)
