@@ -8,19 +8,7 @@ import pytest
 
 from jaxfm.fimp import MessageCreator, MessageCreatorConfig
 from jaxfm.nn import TransformerLayer
-
-
-def _random_params(module, *args, seed=0, scale=0.3, **kwargs):
-    """Random parameters of ``module`` made on the host (shapes from ``eval_shape``; no RNG
-    compilation): LayerNorm scales ~ 1 + N(0, scale), everything else ~ N(0, scale)."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))["params"]
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, s):
-        base = 1.0 if getattr(path[-1], "key", None) == "scale" else 0.0
-        return (base + scale * rng.normal(size=s.shape)).astype(s.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
+from jaxfm.testing import random_params
 
 
 def _edge_message(p, h_v, h_u, valid_u):
@@ -49,7 +37,7 @@ def test_fimp_base_message_equals_per_edge_loop(aggregation):
     creator = MessageCreator(
         MessageCreatorConfig(kind="attention", num_heads=2), dim=dim, aggregation=aggregation
     )
-    params = _random_params(creator, h, senders, receivers, kv_mask=kv_mask)
+    params = random_params(creator, h, senders, receivers, kv_mask=kv_mask)
     assert set(params) == {"attention"}
     out = jax.jit(
         lambda p: creator.apply(
@@ -77,7 +65,7 @@ def test_transformer_stack_on_self_loops_equals_encoder(norm):
     cfg = MessageCreatorConfig(kind="transformer", num_layers=2, num_heads=2, norm=norm)
     creator = MessageCreator(cfg, dim=dim)
     loops = np.arange(n)
-    params = _random_params(creator, h, loops, loops, kv_mask=kv_mask)
+    params = random_params(creator, h, loops, loops, kv_mask=kv_mask)
     assert set(params) == {"layers_0", "layers_1"}
     layer = TransformerLayer(num_heads=2, mlp_dim=4 * dim, norm=norm)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxfm.fimp import FIMP, GeneTokenizerConfig, MessageCreatorConfig, fimp_config
+from jaxfm.testing import random_params
 
 CFG = fimp_config(
     "tiny",
@@ -34,21 +35,8 @@ def _graph(n=5, length=4, seed=0):
     return nodes, senders, receivers
 
 
-def _random_params(module, *args, seed=0, scale=0.3, **kwargs):
-    """Random parameters of ``module`` made on the host (shapes from ``eval_shape``; no RNG
-    compilation): LayerNorm scales ~ 1 + N(0, scale), everything else ~ N(0, scale)."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))["params"]
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, s):
-        base = 1.0 if getattr(path[-1], "key", None) == "scale" else 0.0
-        return (base + scale * rng.normal(size=s.shape)).astype(s.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
-
-
 def _params(model, nodes, senders, receivers):
-    return {"params": _random_params(model, nodes, senders, receivers)}
+    return {"params": random_params(model, nodes, senders, receivers)}
 
 
 def test_outputs_and_permutation_equivariance():

@@ -18,19 +18,7 @@ from jaxfm.fimp import (
     fimp_config,
     loss_and_metrics,
 )
-
-
-def _random_params(module, *args, seed=0, scale=0.3, **kwargs):
-    """Random parameters of ``module`` made on the host (shapes from ``eval_shape``; no RNG
-    compilation): LayerNorm scales ~ 1 + N(0, scale), everything else ~ N(0, scale)."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))["params"]
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, s):
-        base = 1.0 if getattr(path[-1], "key", None) == "scale" else 0.0
-        return (base + scale * rng.normal(size=s.shape)).astype(s.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
+from jaxfm.testing import random_params
 
 
 def test_registry():
@@ -134,7 +122,7 @@ def test_task_models_run_and_have_finite_grads(task):
         (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return params, loss, out, grads
 
-    params, loss, out, grads = run(_random_params(model, nodes, senders, receivers))
+    params, loss, out, grads = run(random_params(model, nodes, senders, receivers))
     assert set(params) == {"fimp", "head"}
     assert out["predictions"].shape == shape and out["predictions"].dtype == jnp.float32
     assert set(out) == {"predictions", "node_embedding", "token_mask"}
@@ -194,7 +182,7 @@ def test_overfit_celltype_tiny_graph():
         (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), None, length=200)
         return losses, loss_fn(params)[1]
 
-    losses, final = train(_random_params(model, nodes, senders, receivers, scale=0.1))
+    losses, final = train(random_params(model, nodes, senders, receivers, scale=0.1))
     assert float(final["accuracy"]) == 1.0
     assert float(final["macro_f1"]) == 1.0
     assert float(losses[-1]) < 0.05 < float(losses[0])

@@ -16,24 +16,12 @@ from jaxfm.fimp import (
     patchify_signal,
 )
 from jaxfm.nn import sinusoidal_1d, sinusoidal_2d
-
-
-def _random_params(module, *args, seed=0, scale=0.3, **kwargs):
-    """Random parameters of ``module`` made on the host (shapes from ``eval_shape``; no RNG
-    compilation): LayerNorm scales ~ 1 + N(0, scale), everything else ~ N(0, scale)."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))["params"]
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, s):
-        base = 1.0 if getattr(path[-1], "key", None) == "scale" else 0.0
-        return (base + scale * rng.normal(size=s.shape)).astype(s.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
+from jaxfm.testing import random_params
 
 
 def _init_apply(module, *args):
     """Random parameters, then one jitted apply."""
-    params = _random_params(module, *args)
+    params = random_params(module, *args)
     return params, jax.jit(lambda p: module.apply({"params": p}, *args))(params)
 
 

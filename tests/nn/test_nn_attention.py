@@ -7,19 +7,7 @@ import numpy as np
 import pytest
 
 from jaxfm.nn import MultiHeadAttention
-
-
-def _random_params(module, *args, seed=0, scale=0.3, **kwargs):
-    """Random parameters of ``module`` made on the host (shapes from ``eval_shape``; no RNG
-    compilation): LayerNorm scales ~ 1 + N(0, scale), everything else ~ N(0, scale)."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))["params"]
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, s):
-        base = 1.0 if getattr(path[-1], "key", None) == "scale" else 0.0
-        return (base + scale * rng.normal(size=s.shape)).astype(s.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
+from jaxfm.testing import random_params
 
 
 def _np_params(p):
@@ -55,7 +43,7 @@ def test_matches_einsum_reference(cross):
         maps = mha.apply({"params": p}, xq, xkv, kv_mask=kv_mask, method="attention_map")
         return p, out, w, maps
 
-    params, out, w, maps = run(_random_params(mha, xq, xkv))
+    params, out, w, maps = run(random_params(mha, xq, xkv))
     ref, ref_w = _ref_mha(_np_params(params), xq, xq if xkv is None else xkv, kv_mask)
     assert out.shape == (2, 5, 10)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
@@ -68,7 +56,7 @@ def test_param_layout_and_numbers_match_flax_mha():
     mha = MultiHeadAttention(num_heads=2)  # head_dim inferred: 8 // 2
     ref = nn.MultiHeadDotProductAttention(num_heads=2)
 
-    params = _random_params(mha, x)
+    params = random_params(mha, x)
     ref_shapes = jax.eval_shape(lambda: ref.init(jax.random.key(0), x))["params"]
     out, ref_out = jax.jit(lambda p: (mha.apply({"params": p}, x), ref.apply({"params": p}, x)))(
         params
@@ -153,7 +141,7 @@ def test_cross_node_equals_per_edge_loop(aggregation):
         )
         return p, out
 
-    params, out = run(_random_params(mha, x, senders, receivers, x_src=src, method="cross_node"))
+    params, out = run(random_params(mha, x, senders, receivers, x_src=src, method="cross_node"))
     ref = _per_edge_loop(
         _np_params(params), x, src, senders, receivers, kv_mask, edge_mask, aggregation
     )
@@ -172,5 +160,5 @@ def test_gradients_finite_with_fully_masked_rows():
         return jax.grad(lambda p: jnp.sum(mha.apply({"params": p}, x, kv_mask=kv_mask) ** 2))(p)
 
     assert all(
-        bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads(_random_params(mha, x)))
+        bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads(random_params(mha, x)))
     )

@@ -6,19 +6,7 @@ import numpy as np
 import pytest
 
 from jaxfm.nn import Mlp, MultiHeadAttention, TransformerLayer
-
-
-def _random_params(module, *args, seed=0, scale=0.3, **kwargs):
-    """Random parameters of ``module`` made on the host (shapes from ``eval_shape``; no RNG
-    compilation): LayerNorm scales ~ 1 + N(0, scale), everything else ~ N(0, scale)."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))["params"]
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, s):
-        base = 1.0 if getattr(path[-1], "key", None) == "scale" else 0.0
-        return (base + scale * rng.normal(size=s.shape)).astype(s.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
+from jaxfm.testing import random_params
 
 
 def _inputs(n=4, length=6, dim=8, seed=0):
@@ -54,7 +42,7 @@ def test_self_loop_cross_node_equals_self_attention(norm):
         )
         return ref, out
 
-    ref, out = both(_random_params(layer, x, kv_mask=mask))
+    ref, out = both(random_params(layer, x, kv_mask=mask))
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -82,7 +70,7 @@ def test_norm_wiring(norm):
             ref = ln(h + mlp(h), p["norm2"])
         return p, layer.apply({"params": p}, x, kv_mask=mask), ref
 
-    params, out, ref = run(_random_params(layer, x))
+    params, out, ref = run(random_params(layer, x))
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
     assert set(params) == {"attention", "norm1", "norm2", "mlp"}
 
@@ -99,7 +87,7 @@ def test_dropout_needs_rng_and_is_off_when_deterministic():
         rngs = {"dropout": jax.random.key(3)}
         return cross(), cross(), cross(deterministic=False, rngs=rngs)
 
-    det, det2, rand = run(_random_params(layer, x))
+    det, det2, rand = run(random_params(layer, x))
     np.testing.assert_array_equal(det, det2)
     assert not np.allclose(rand, det)
 
@@ -109,7 +97,7 @@ def test_mlp_names_and_activations():
     acts = ("gelu", "gelu_tanh", "relu")
 
     mlps = [Mlp(hidden=16, out=4, activation=a) for a in acts]
-    p = _random_params(mlps[0], x)  # the same parameters for all three
+    p = random_params(mlps[0], x)  # the same parameters for all three
     outs = jax.jit(lambda p: [m.apply({"params": p}, x) for m in mlps])(p)
     assert jax.tree.map(jnp.shape, p) == {
         "fc1": {"kernel": (8, 16), "bias": (16,)},
