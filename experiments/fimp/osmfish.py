@@ -60,7 +60,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--tasks", nargs="+", default=["celltype", "expression"])
-    p.add_argument("--models", nargs="+", default=["fimp", "fimp-nograph", "mlp", "trivial"])
+    p.add_argument("--models", nargs="+", default=["fimp", "fimp-self", "fimp-nograph", "mlp", "trivial"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--variant", default="tiny")
     p.add_argument("--epochs", type=int, default=30)
@@ -91,6 +91,7 @@ def main(argv=None) -> int:
                         model="mlp" if model == "mlp" else "fimp",
                         data=args.data,
                         variant=args.variant,
+                        overrides={"separate_self": True} if model == "fimp-self" else {},
                         data_options=dataclasses.replace(
                             opts, graph="none" if model == "fimp-nograph" else "knn"),
                         optimizer=OptimizerConfig(name="adamw", learning_rate=args.lr,

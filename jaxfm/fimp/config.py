@@ -233,6 +233,9 @@ class FIMPConfig:
       tokenizer: modality tokenizer config (``None`` only in size presets; set it with
         :func:`fimp_config`).
       aggregation: ``"mean"`` or ``"sum"`` of incoming messages.
+      separate_self: self loops get their own message creator (``self_message``), so COMBINE is
+        ``H' = Norm(H + M_self + AGG_{u != v} m_{u->v})`` (GraphSAGE-style root path) instead of one
+        aggregate in which a node's own message weighs 1/(degree + 1).
       combine_mlp: COMBINE adds ``H'' = Norm(H' + MLP(H'))`` after ``H' = Norm(H + M)``.
       combine_mlp_ratio: hidden width / dim of the COMBINE MLP.
       final_norm: LayerNorm on the output tokens.
@@ -247,6 +250,7 @@ class FIMPConfig:
     message: MessageCreatorConfig = dataclasses.field(default_factory=MessageCreatorConfig)
     tokenizer: TokenizerConfig | None = None
     aggregation: str = "mean"
+    separate_self: bool = False
     combine_mlp: bool = True
     combine_mlp_ratio: float = 4.0
     final_norm: bool = True

@@ -51,7 +51,8 @@ class FIMPLayer(nn.Module):
     Attributes:
       config: the model config (message creator, aggregation, COMBINE options, dropout, dtype).
 
-    Parameters: ``message`` (:class:`~jaxfm.fimp.message.MessageCreator`), ``norm``, and with
+    Parameters: ``message`` (:class:`~jaxfm.fimp.message.MessageCreator`), ``self_message`` (with
+    ``separate_self``), ``norm``, and with
     ``combine_mlp`` also ``mlp/{fc1,fc2}`` and ``mlp_norm``.
 
     Shapes:
@@ -76,24 +77,35 @@ class FIMPLayer(nn.Module):
         cfg = self.config
         dtype = cfg.compute_dtype
         layer_norm = lambda name: nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name=name)
-        res = MessageCreator(
+        creator = lambda name: MessageCreator(
             cfg.message,
             dim=cfg.dim,
             aggregation=cfg.aggregation,
             edge_chunk_size=cfg.edge_chunk_size,
             dropout=cfg.dropout,
             dtype=dtype,
-            name="message",
-        )(
+            name=name,
+        )
+        is_self = senders == receivers
+        res = creator("message")(
             h,
             senders,
             receivers,
             kv_mask=token_mask,
-            edge_mask=edge_mask,
+            edge_mask=edge_mask & ~is_self if cfg.separate_self else edge_mask,
             deterministic=deterministic,
             attention_edges=attention_edges,
         )
         m, maps = res if attention_edges is not None else (res, None)
+        if cfg.separate_self:
+            m = m + creator("self_message")(
+                h,
+                senders,
+                receivers,
+                kv_mask=token_mask,
+                edge_mask=edge_mask & is_self,
+                deterministic=deterministic,
+            )
         # COMBINE: H' = Norm(H + Dropout(M)).
         m = nn.Dropout(cfg.dropout)(m, deterministic=deterministic)
         h = layer_norm("norm")(h + m)

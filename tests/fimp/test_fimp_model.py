@@ -160,3 +160,23 @@ def test_no_edges_and_single_node():
     out, single = run(variables)
     assert bool(jnp.all(jnp.isfinite(out["tokens"])))
     np.testing.assert_allclose(single["tokens"], out["tokens"][:1], atol=1e-5)
+
+
+def test_separate_self_routes_self_loops_to_their_own_creator():
+    """With separate_self, zeroing the neighbour creator's output projection leaves exactly the
+    no-neighbour model; the neighbour path does change outputs when it is active."""
+    cfg = dataclasses.replace(CFG, num_layers=1, separate_self=True,
+                              message=MessageCreatorConfig(num_heads=2))
+    model = FIMP(cfg)
+    nodes, senders, receivers = _graph()
+    variables = _params(model, nodes, senders, receivers)
+    assert {"message", "self_message"} <= set(variables["params"]["layers_0"])
+    loops = senders == receivers
+    full = model.apply(variables, nodes, senders, receivers)["tokens"]
+    alone = model.apply(variables, nodes, senders[loops], receivers[loops])["tokens"]
+    assert not np.allclose(full, alone, atol=1e-3)
+    zeroed = jax.tree.map(lambda x: x, variables)
+    out = zeroed["params"]["layers_0"]["message"]["attention"]["out"]
+    out["kernel"], out["bias"] = jnp.zeros_like(out["kernel"]), jnp.zeros_like(out["bias"])
+    np.testing.assert_allclose(model.apply(zeroed, nodes, senders, receivers)["tokens"], alone,
+                               atol=1e-6)
