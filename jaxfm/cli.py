@@ -118,8 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dim", type=int, help="token width")
     t.add_argument("--dropout", type=float)
     t.add_argument("--dtype", choices=["float32", "bfloat16"])
-    t.add_argument("--separate-self", action="store_true",
-                   help="self loops get their own message creator (H + M_self + mean M_nbr)")
+    t.add_argument(
+        "--separate-self",
+        action="store_true",
+        help="self loops get their own message creator (H + M_self + mean M_nbr)",
+    )
     t.add_argument("--edge-chunk-size", type=int, help="edges per attention chunk (memory bound)")
     t.add_argument(
         "--graph",

@@ -41,8 +41,10 @@ def trivial_baseline(task: str, data: str, opts: DataOptions) -> dict:
         majority = np.bincount(labels[train], minlength=fd.num_classes).argmax()
         logits = np.eye(fd.num_classes)[np.full(len(test), majority)]
         m = np.ones(len(test), bool)
-        return {"accuracy": float(M.accuracy(logits, labels[test], m)),
-                "macro_f1": float(M.macro_f1(logits, labels[test], m))}
+        return {
+            "accuracy": float(M.accuracy(logits, labels[test], m)),
+            "macro_f1": float(M.macro_f1(logits, labels[test], m)),
+        }
     ids, vals, tok = nodes["gene_ids"], nodes["target_values"], nodes["token_mask"]
     g = fd.tokenizer.num_genes
     tr = tok[train]
@@ -51,16 +53,21 @@ def trivial_baseline(task: str, data: str, opts: DataOptions) -> dict:
     gene_mean = sums / np.maximum(cnt, 1)
     pred = gene_mean[ids[test]]
     mask = nodes["value_mask"][test] & tok[test]
-    return {"mse": float(M.masked_mse(pred, vals[test], mask)),
-            "r2": float(M.r2_score(pred, vals[test], mask))}
+    return {
+        "mse": float(M.masked_mse(pred, vals[test], mask)),
+        "r2": float(M.r2_score(pred, vals[test], mask)),
+    }
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--tasks", nargs="+", default=["celltype", "expression"])
-    p.add_argument("--models", nargs="+", default=["fimp", "fimp-self", "fimp-nograph", "mlp", "trivial"])
+    p.add_argument(
+        "--models", nargs="+", default=["fimp", "fimp-self", "fimp-nograph", "mlp", "trivial"]
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--variant", default="tiny")
     p.add_argument("--epochs", type=int, default=30)
@@ -93,9 +100,11 @@ def main(argv=None) -> int:
                         variant=args.variant,
                         overrides={"separate_self": True} if model == "fimp-self" else {},
                         data_options=dataclasses.replace(
-                            opts, graph="none" if model == "fimp-nograph" else "knn"),
-                        optimizer=OptimizerConfig(name="adamw", learning_rate=args.lr,
-                                                  weight_decay=1e-4),
+                            opts, graph="none" if model == "fimp-nograph" else "knn"
+                        ),
+                        optimizer=OptimizerConfig(
+                            name="adamw", learning_rate=args.lr, weight_decay=1e-4
+                        ),
                         epochs=args.epochs,
                         patience=args.patience,
                         batch_size=args.batch_size,
@@ -103,17 +112,30 @@ def main(argv=None) -> int:
                     )
                     res = train_fimp(run, log_stream=None, progress=True)
                     test, val = res["test"], res["val"]
-                    extra = {"best_epoch": res["best_epoch"], "num_params": res["num_params"],
-                             "num_edges": res["num_edges"], "split_sizes": res["split_sizes"]}
-                rec = {"task": task, "model": model, "seed": seed, "test": test, "val": val,
-                       "seconds": round(time.perf_counter() - t0, 1), **extra}
+                    extra = {
+                        "best_epoch": res["best_epoch"],
+                        "num_params": res["num_params"],
+                        "num_edges": res["num_edges"],
+                        "split_sizes": res["split_sizes"],
+                    }
+                rec = {
+                    "task": task,
+                    "model": model,
+                    "seed": seed,
+                    "test": test,
+                    "val": val,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    **extra,
+                }
                 print(json.dumps(rec), flush=True)
                 runs.append(rec)
                 (out / "results.json").write_text(json.dumps(runs, indent=2))
                 if model == "trivial":
                     break  # deterministic: one seed is enough
-    lines = ["| task | model | " + " | ".join(["metric 1", "metric 2"]) + " | seeds | s/run |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| task | model | " + " | ".join(["metric 1", "metric 2"]) + " | seeds | s/run |",
+        "|---|---|---|---|---|---|",
+    ]
     for task in args.tasks:
         for model in args.models:
             rs = [r for r in runs if r["task"] == task and r["model"] == model]

@@ -165,8 +165,9 @@ def test_no_edges_and_single_node():
 def test_separate_self_routes_self_loops_to_their_own_creator():
     """With separate_self, zeroing the neighbour creator's output projection leaves exactly the
     no-neighbour model; the neighbour path does change outputs when it is active."""
-    cfg = dataclasses.replace(CFG, num_layers=1, separate_self=True,
-                              message=MessageCreatorConfig(num_heads=2))
+    cfg = dataclasses.replace(
+        CFG, num_layers=1, separate_self=True, message=MessageCreatorConfig(num_heads=2)
+    )
     model = FIMP(cfg)
     nodes, senders, receivers = _graph()
     variables = _params(model, nodes, senders, receivers)
@@ -178,5 +179,6 @@ def test_separate_self_routes_self_loops_to_their_own_creator():
     zeroed = jax.tree.map(lambda x: x, variables)
     out = zeroed["params"]["layers_0"]["message"]["attention"]["out"]
     out["kernel"], out["bias"] = jnp.zeros_like(out["kernel"]), jnp.zeros_like(out["bias"])
-    np.testing.assert_allclose(model.apply(zeroed, nodes, senders, receivers)["tokens"], alone,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        model.apply(zeroed, nodes, senders, receivers)["tokens"], alone, atol=1e-6
+    )

@@ -25,8 +25,7 @@ def test_auto_takes_cudnn_and_matches_reference():
     assert "cudnn" in fn.lower(q, k, v).compile().as_text()
     kv_mask = jnp.arange(128)[None] < lengths[:, None]
     ref = attention_reference(q, k, v, mask=kv_mask[:, None, None, :])
-    np.testing.assert_allclose(fn(q, k, v).astype(jnp.float32), ref.astype(jnp.float32),
-                               atol=3e-2)
+    np.testing.assert_allclose(fn(q, k, v).astype(jnp.float32), ref.astype(jnp.float32), atol=3e-2)
 
 
 def test_cross_node_per_edge_cudnn_matches_grouped():
