@@ -29,6 +29,9 @@ DEFAULT_DATA = (
     REPO.parent / "shared/datasets/spatial-datasets/data/2018_osmFISH_SScortex/raw_data/"
     "osmFISH_SScortex_mouse_all_cells.loom"
 )
+# fimp: the default FIMP (self loops through their own message creator); fimp-sharedself: one
+# creator for self loops and neighbours (the node's own message weighs 1/(degree+1) in the mean);
+# fimp-nograph: self loops only.
 METRICS = {"celltype": ("accuracy", "macro_f1"), "expression": ("mse", "r2")}
 
 
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--tasks", nargs="+", default=["celltype", "expression"])
     p.add_argument(
-        "--models", nargs="+", default=["fimp", "fimp-self", "fimp-nograph", "mlp", "trivial"]
+        "--models", nargs="+", default=["fimp", "fimp-sharedself", "fimp-nograph", "mlp", "trivial"]
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--variant", default="tiny")
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
                         model="mlp" if model == "mlp" else "fimp",
                         data=args.data,
                         variant=args.variant,
-                        overrides={"separate_self": True} if model == "fimp-self" else {},
+                        overrides={"separate_self": model == "fimp"},
                         data_options=dataclasses.replace(
                             opts, graph="none" if model == "fimp-nograph" else "knn"
                         ),

@@ -250,7 +250,7 @@ class FIMPConfig:
     message: MessageCreatorConfig = dataclasses.field(default_factory=MessageCreatorConfig)
     tokenizer: TokenizerConfig | None = None
     aggregation: str = "mean"
-    separate_self: bool = False
+    separate_self: bool = True
     combine_mlp: bool = True
     combine_mlp_ratio: float = 4.0
     final_norm: bool = True

@@ -44,7 +44,13 @@ def test_outputs_and_permutation_equivariance():
     nodes, senders, receivers = _graph()
     variables = _params(model, nodes, senders, receivers)
     assert set(variables["params"]) == {"tokenizer", "layers_0", "layers_1", "final_norm"}
-    assert set(variables["params"]["layers_0"]) == {"message", "norm", "mlp", "mlp_norm"}
+    assert set(variables["params"]["layers_0"]) == {
+        "message",
+        "self_message",
+        "norm",
+        "mlp",
+        "mlp_norm",
+    }
     rng = np.random.default_rng(1)
     perm = rng.permutation(5)  # new node i is old node perm[i]
     inv = np.argsort(perm)
