@@ -25,8 +25,8 @@ def _fimp_train(args) -> int:
             overrides[name] = value
     if args.dtype:
         overrides["dtype"] = args.dtype
-    if args.separate_self:
-        overrides["separate_self"] = True
+    if args.shared_self:
+        overrides["separate_self"] = False
     run = RunConfig(
         task=args.task,
         data=args.data,
@@ -119,9 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dropout", type=float)
     t.add_argument("--dtype", choices=["float32", "bfloat16"])
     t.add_argument(
-        "--separate-self",
+        "--shared-self",
         action="store_true",
-        help="self loops get their own message creator (H + M_self + mean M_nbr)",
+        help="one message creator and one mean for self loops and neighbours (default: self "
+        "loops get their own creator, H + M_self + mean M_nbr)",
     )
     t.add_argument("--edge-chunk-size", type=int, help="edges per attention chunk (memory bound)")
     t.add_argument(
