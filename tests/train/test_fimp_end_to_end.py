@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_readme_main_job_learns(tmp_path, capsys):
-    """The README's first command (fewer epochs): well above the majority-class rate."""
+    """The README's first command: well above the majority-class rate."""
     out = tmp_path / "r.json"
     assert (
         main(
@@ -21,8 +21,6 @@ def test_readme_main_job_learns(tmp_path, capsys):
                 "celltype",
                 "--data",
                 "synthetic",
-                "--epochs",
-                "12",
                 "--no-progress",
                 "--output-json",
                 str(out),
