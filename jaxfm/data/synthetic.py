@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from jaxfm.data.spatial import SpatialDataset, _knn_adjacency, normalize_total_log1p
+from jaxfm.graph.neighbors import latlon_to_unit_vectors
 
 __all__ = ["GeoImageDataset", "synthetic_fmri", "synthetic_images", "synthetic_spatial"]
 
@@ -170,11 +171,6 @@ class GeoImageDataset:
         return len(self.class_names)
 
 
-def _lat_lon_to_xyz(lat_lon: np.ndarray) -> np.ndarray:
-    lat, lon = np.radians(lat_lon[:, 0]), np.radians(lat_lon[:, 1])
-    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
-
-
 def _random_lat_lon(n: int, rng: np.random.Generator, max_lat: float = 60.0) -> np.ndarray:
     """Uniform on the sphere between latitudes -max_lat and max_lat, in degrees."""
     s = np.sin(np.radians(max_lat))
@@ -215,8 +211,8 @@ def synthetic_images(
         raise ValueError("need num_classes >= 2 and num_nodes >= 2")
     rng = np.random.default_rng(seed)
     lat_lon = _random_lat_lon(num_nodes, rng)
-    xyz = _lat_lon_to_xyz(lat_lon)
-    centres = _lat_lon_to_xyz(_random_lat_lon(num_classes * domains_per_class, rng))
+    xyz = latlon_to_unit_vectors(lat_lon)
+    centres = latlon_to_unit_vectors(_random_lat_lon(num_classes * domains_per_class, rng))
     labels = _domain_labels(xyz, centres, num_classes, mix_rate, rng)
     adjacency = _knn_adjacency(xyz, k)  # chord distance orders like great-circle distance
 

@@ -21,6 +21,7 @@ from jaxfm.graph.neighbors import (
     haversine_distance,
     haversine_radius_graph,
     knn_graph,
+    latlon_to_unit_vectors,
     radius_graph,
 )
 from jaxfm.graph.sampling import KHopSubgraph, NodeBatchSampler, full_graph_batch, khop_subgraph
@@ -41,6 +42,7 @@ __all__ = [
     "haversine_radius_graph",
     "khop_subgraph",
     "knn_graph",
+    "latlon_to_unit_vectors",
     "make_budgets",
     "node_mask",
     "pad_to_budget",

@@ -22,6 +22,7 @@ __all__ = [
     "haversine_distance",
     "haversine_radius_graph",
     "knn_graph",
+    "latlon_to_unit_vectors",
     "radius_graph",
 ]
 
@@ -145,7 +146,13 @@ def radius_graph(
     return _finish(senders, receivers, coords.shape[0], include_self, dist, max_neighbors)
 
 
-def _unit_vectors(latlon: np.ndarray) -> np.ndarray:
+def latlon_to_unit_vectors(latlon: np.ndarray) -> np.ndarray:
+    """(latitude, longitude) in degrees ``[N, 2]`` -> points on the unit sphere ``[N, 3]``.
+
+    Chord distance between these points orders pairs exactly like great-circle distance, so a
+    KD-tree over them answers great-circle neighbour queries.
+    """
+    latlon = np.asarray(latlon, np.float64)
     lat, lon = np.radians(latlon[:, 0]), np.radians(latlon[:, 1])
     return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
 
@@ -231,7 +238,7 @@ def haversine_radius_graph(
         raise ValueError(f"{fn}: radius must be finite and >= 0, got {radius}")
     angle = min(radius / earth, np.pi)
     chord = 2.0 * np.sin(angle / 2.0) * (1.0 + 1e-9) + 1e-12  # enlarged: exact filter below
-    senders, receivers = _radius_pairs(_unit_vectors(latlon), chord)
+    senders, receivers = _radius_pairs(latlon_to_unit_vectors(latlon), chord)
     dist = haversine_distance(latlon[senders], latlon[receivers], unit=unit)
     keep = dist <= radius
     senders, receivers, dist = senders[keep], receivers[keep], dist[keep]

@@ -29,7 +29,13 @@ from jaxfm.data import (
     to_graph_arrays,
 )
 from jaxfm.fimp.config import FMRITokenizerConfig, GeneTokenizerConfig, ImageTokenizerConfig
-from jaxfm.graph import add_self_loops, haversine_radius_graph, knn_graph, validate_graph
+from jaxfm.graph import (
+    add_self_loops,
+    haversine_radius_graph,
+    knn_graph,
+    latlon_to_unit_vectors,
+    validate_graph,
+)
 
 __all__ = ["DataOptions", "FIMPData", "prepare_fimp_data"]
 
@@ -226,9 +232,7 @@ def _images(data: str, opts: DataOptions) -> FIMPData:
 
 
 def _great_circle_knn(latlon: np.ndarray, k: int):
-    lat, lon = np.radians(latlon[:, 0]), np.radians(latlon[:, 1])
-    xyz = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
-    return knn_graph(xyz, min(k, latlon.shape[0] - 1))  # chord order == great-circle order
+    return knn_graph(latlon_to_unit_vectors(latlon), min(k, latlon.shape[0] - 1))
 
 
 def _a424_path() -> Path:
