@@ -33,7 +33,7 @@ from jaxfm.graph import (
 )
 from jaxfm.graph.batching import Budget
 from jaxfm.ops import metrics as M
-from jaxfm.train.export import load_model_dir, save_model_dir
+from jaxfm.model_dir import load_model_dir, save_model_dir
 from jaxfm.train.fimp_data import DataOptions, FIMPData, prepare_fimp_data
 from jaxfm.train.loop import EarlyStopping, TrainState, fit, make_train_step
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
