@@ -1,4 +1,4 @@
-"""The ``jaxfm`` command. Thin: it parses arguments and calls library functions.
+"""`jaxfm fimp ...`: FIMP training and attention maps.
 
 jaxfm fimp train --task {expression,celltype,fmri,image} --data PATH|synthetic [...]
 jaxfm fimp attention-map --model DIR [--data PATH] --out DIR [...]
@@ -6,11 +6,10 @@ jaxfm fimp attention-map --model DIR [--data PATH] --out DIR [...]
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-__all__ = ["main"]
+__all__ = ["add_parser"]
 
 
 def _fimp_train(args) -> int:
@@ -96,11 +95,8 @@ def _fimp_attention_map(args) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="jaxfm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+def add_parser(sub) -> None:
+    """Registers `jaxfm fimp ...`."""
 
     fimp = sub.add_parser("fimp", help="FIMP: foundation-informed message passing")
     fsub = fimp.add_subparsers(dest="fimp_command", required=True)
@@ -179,17 +175,3 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--layer", type=int, default=0, help="which FIMP layer's attention")
     a.add_argument("--max-edges", type=int, help="use at most this many edges")
     a.set_defaults(func=_fimp_attention_map)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"jaxfm: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

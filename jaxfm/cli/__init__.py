@@ -1,0 +1,55 @@
+"""The ``jaxfm`` command. Thin: it parses arguments and calls library functions.
+
+jaxfm fimp train --task {expression,celltype,fmri,image} --data PATH|synthetic [...]
+jaxfm fimp attention-map --model DIR --out DIR [...]
+jaxfm convert {vit,scgpt,brainlm} SRC OUT [--verify GOLDEN.npz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxfm.cli import fimp
+
+__all__ = ["main"]
+
+
+def _convert(args) -> int:
+    try:
+        from converters.cli import main as convert_main
+    except ImportError as e:  # converters ship with the repository checkout
+        raise ValueError(
+            "jaxfm convert needs the `converters` package from the jaxfm repository "
+            f"(install jaxfm from a checkout: pip install -e .): {e}"
+        ) from e
+    return convert_main(args.convert_args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jaxfm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    fimp.add_parser(sub)
+    c = sub.add_parser(
+        "convert",
+        help="port a PyTorch checkpoint (ViT, scGPT, BrainLM) to a Flax model directory",
+        add_help=False,
+    )
+    c.add_argument("convert_args", nargs=argparse.REMAINDER)
+    c.set_defaults(func=_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"jaxfm: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from jaxfm.cli import main
+
+sys.exit(main())
