@@ -32,8 +32,8 @@ from jaxfm.graph import (
     pad_to_budget,
 )
 from jaxfm.graph.batching import Budget
-from jaxfm.ops import metrics as M
 from jaxfm.model_dir import load_model_dir, save_model_dir
+from jaxfm.ops import metrics as M
 from jaxfm.train.fimp_data import DataOptions, FIMPData, prepare_fimp_data
 from jaxfm.train.loop import EarlyStopping, TrainState, fit, make_train_step
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
