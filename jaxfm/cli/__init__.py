@@ -3,6 +3,10 @@
 jaxfm fimp train --task {expression,celltype,fmri,image} --data PATH|synthetic [...]
 jaxfm fimp attention-map --model DIR --out DIR [...]
 jaxfm convert {vit,scgpt,brainlm} SRC OUT [--verify GOLDEN.npz]
+jaxfm pretrain [--config NAME] [--data PATH ...] [--steps N] [--workdir DIR] [--resume]
+jaxfm finetune --mode {mft,nft} --checkpoint DIR --dataset PATH [--output-json FILE]
+jaxfm embed --checkpoint DIR --dataset PATH --out FILE.npy
+jaxfm graphfm summary --config NAME
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxfm.cli import fimp
+from jaxfm.cli import fimp, graphfm
 
 __all__ = ["main"]
 
@@ -31,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="jaxfm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True)
+    graphfm.add_parsers(sub)
     fimp.add_parser(sub)
     c = sub.add_parser(
         "convert",
