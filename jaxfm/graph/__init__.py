@@ -1,4 +1,4 @@
-"""Graph containers and batching: static budgets, padding, masks, neighbour graphs, samplers.
+"""Graph containers and batching, samplers (k-hop, GraphSAINT, snake), Laplacian PE, SBM graphs.
 
 A batch is a ``jraph.GraphsTuple`` whose ``nodes`` is a dict of arrays with leading dim ``N``,
 padded to one of a few :class:`Budget` s (jraph's convention: one padding graph at the end owns the
@@ -16,6 +16,7 @@ from jaxfm.graph.batching import (
     pad_to_budget,
 )
 from jaxfm.graph.edges import add_self_loops, remove_self_loops, to_undirected
+from jaxfm.graph.laplacian import LaplacianPECache, laplacian_pe
 from jaxfm.graph.neighbors import (
     EARTH_RADIUS,
     haversine_distance,
@@ -24,14 +25,21 @@ from jaxfm.graph.neighbors import (
     latlon_to_unit_vectors,
     radius_graph,
 )
+from jaxfm.graph.saint import SaintSampler
 from jaxfm.graph.sampling import KHopSubgraph, NodeBatchSampler, full_graph_batch, khop_subgraph
+from jaxfm.graph.sbm import SBMParams, homophily, sbm_corpus, sbm_graph
+from jaxfm.graph.snake import DistributedSSSampler, snake_partition
 from jaxfm.graph.validate import validate_graph
 
 __all__ = [
     "EARTH_RADIUS",
     "Budget",
+    "DistributedSSSampler",
     "KHopSubgraph",
+    "LaplacianPECache",
     "NodeBatchSampler",
+    "SBMParams",
+    "SaintSampler",
     "add_self_loops",
     "batch_graphs",
     "choose_budget",
@@ -40,14 +48,19 @@ __all__ = [
     "graph_mask",
     "haversine_distance",
     "haversine_radius_graph",
+    "homophily",
     "khop_subgraph",
     "knn_graph",
+    "laplacian_pe",
     "latlon_to_unit_vectors",
     "make_budgets",
     "node_mask",
     "pad_to_budget",
     "radius_graph",
     "remove_self_loops",
+    "sbm_corpus",
+    "sbm_graph",
+    "snake_partition",
     "to_undirected",
     "validate_graph",
 ]
