@@ -40,17 +40,23 @@ def _as_sizes(sizes: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def snake_partition(sizes: Sequence[int] | np.ndarray, num_buckets: int) -> list[list[int]]:
-    """Deals items into ``num_buckets`` buckets snake-wise by decreasing size (paper Algorithm 1).
+def snake_partition(
+    sizes: Sequence[int] | np.ndarray, num_buckets: int, *, budget: float | None = None
+) -> list[list[int]]:
+    """Deals items into ``num_buckets`` buckets snake-wise by decreasing size under a budget.
 
-    Items are sorted by size, descending (ties keep index order). The first ``num_buckets`` go to
-    buckets ``num_buckets - 1, ..., 0`` (right to left), the next ``num_buckets`` to buckets
-    ``0, ..., num_buckets - 1`` (left to right), and so on, alternating. Each bucket lists its item
-    indices in the order they were dealt (largest first).
+    Paper Algorithm 1 (GraphFM C.1): items are sorted by size, descending (ties keep index
+    order), and dealt to buckets ``num_buckets - 1, ..., 0`` (right to left), then
+    ``0, ..., num_buckets - 1`` (left to right), and so on, alternating. Each bucket has a node
+    ``budget``; a graph uses up its size of it, and the deal walks on along the snake past buckets
+    the graph would overflow. A graph that fits nowhere goes to the least-loaded bucket. Each bucket
+    lists its item indices in the order they were dealt (largest first).
 
     Args:
       sizes: ``[n]`` non-negative sizes (node counts).
       num_buckets: number of buckets (>= 1).
+      budget: node budget per bucket; default the mean load ``sum(sizes) / num_buckets`` (the
+        tightest budget all items can share). ``math.inf`` gives the budget-free snake deal.
 
     Returns:
       ``num_buckets`` lists of indices into ``sizes``; every index appears in exactly one list.
@@ -58,16 +64,36 @@ def snake_partition(sizes: Sequence[int] | np.ndarray, num_buckets: int) -> list
     Example:
       >>> snake_partition([10, 9, 8, 7, 6, 5], 3)
       [[2, 3], [1, 4], [0, 5]]
+      >>> snake_partition([10, 9, 1, 1, 1], 2)  # budget 11: the last 1 skips the full bucket
+      [[1, 2, 4], [0, 3]]
+      >>> snake_partition([10, 9, 1, 1, 1], 2, budget=float("inf"))
+      [[1, 2], [0, 3, 4]]
     """
     arr = _as_sizes(sizes, "snake_partition")
     if num_buckets < 1:
         raise ValueError(f"snake_partition: num_buckets must be >= 1, got {num_buckets}")
+    cap = arr.sum() / num_buckets if budget is None else float(budget)
+    if not cap > 0 and arr.sum() > 0:
+        raise ValueError(f"snake_partition: budget must be > 0, got {budget}")
     order = np.argsort(-arr, kind="stable")
     buckets: list[list[int]] = [[] for _ in range(num_buckets)]
-    for rank, item in enumerate(order.tolist()):
-        rnd, pos = divmod(rank, num_buckets)
-        bucket = num_buckets - 1 - pos if rnd % 2 == 0 else pos
-        buckets[bucket].append(item)
+    loads = np.zeros(num_buckets, np.float64)
+    walk = 0  # position along the snake: bucket sequence n-1..0, 0..n-1, n-1..0, ...
+
+    def at(w: int) -> int:
+        rnd, pos = divmod(w, num_buckets)
+        return num_buckets - 1 - pos if rnd % 2 == 0 else pos
+
+    for item in order.tolist():
+        size = arr[item]
+        ahead = [at(walk + j) for j in range(num_buckets)]
+        fits = [j for j, b in enumerate(ahead) if loads[b] + size <= cap]
+        if fits:
+            chosen, walk = ahead[fits[0]], walk + fits[0] + 1
+        else:  # over budget everywhere: the emptiest bucket, ties in snake order
+            chosen, walk = min(ahead, key=lambda b: loads[b]), walk + 1
+        loads[chosen] += size
+        buckets[chosen].append(item)
     return buckets
 
 

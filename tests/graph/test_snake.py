@@ -17,7 +17,23 @@ def test_snake_partition_exact_small_example():
     # Sorted descending: 10, 9, 8 dealt right-to-left, then 7, 6, 5 left-to-right.
     assert snake_partition([10, 9, 8, 7, 6, 5], 3) == [[2, 3], [1, 4], [0, 5]]
     # Unsorted input, three passes (R->L, L->R, R->L) with a partial last pass.
+    inf = float("inf")
+    assert snake_partition([1, 5, 3, 9, 7], 2, budget=inf) == [[4, 1], [3, 2, 0]]
+    # Default budget (mean load 12.5): the last item fits nowhere -> emptiest bucket, ties in
+    # snake order (bucket 1 comes first on the right-to-left pass).
     assert snake_partition([1, 5, 3, 9, 7], 2) == [[4, 1], [3, 2, 0]]
+    assert snake_partition([9, 7, 5, 3, 1.5], 2) == [[1, 2], [0, 3, 4]]
+
+
+def test_budget_skips_full_buckets_and_balances_heavy_tails():
+    # Budget-free snake leaves the big item's bucket heavy; the budget walks past it.
+    sizes = [100, 60, 50, 40, 30, 20, 10, 10, 10, 10, 10, 10]
+    free = bucket_loads(sizes, snake_partition(sizes, 2, budget=float("inf")))
+    tight = bucket_loads(sizes, snake_partition(sizes, 2))
+    assert tight.max() / tight.mean() < free.max() / free.mean()
+    assert tight.max() / tight.mean() <= 1.0 + 10 / tight.mean()
+    with pytest.raises(ValueError, match="budget"):
+        snake_partition([1, 2], 2, budget=0)
     # Ties keep index order; more buckets than items leaves the left buckets empty.
     assert snake_partition([4, 4, 4], 5) == [[], [], [2], [1], [0]]
     assert snake_partition([], 3) == [[], [], []]
