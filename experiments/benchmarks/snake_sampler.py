@@ -319,7 +319,8 @@ def main(argv=None):
             w = e["whole_graph"][nb]
             lines.append(
                 f"| {name} | {e['graphs']} | {e['nodes']:,} | {e['largest']:,} | {nb} | "
-                f"{w['snake']:.4f} | {w['snake_budget_free']:.4f} | {w['random_mean']:.3f} / {w['random_max']:.3f} | "
+                f"{w['snake']:.4f} | {w['snake_budget_free']:.4f} | "
+                f"{w['random_mean']:.3f} / {w['random_max']:.3f} | "
                 f"{w['greedy_reference']:.4f} | "
                 f"{w['units_snake_mean']:.4f} / {w['units_snake_max']:.4f} | "
                 f"{w['units_random_mean']:.3f} / {w['units_random_max']:.3f} |"
