@@ -85,6 +85,7 @@ class GraphClassificationDataset:
       graphs: the graphs; every ``x`` has the same F.
       y: ``int32 [num_graphs]`` labels in ``[0, num_classes)``.
       folds: splits over graphs (10-fold CV by default).
+      structural_features: True when the node features were derived from the structure.
     """
 
     name: str
@@ -93,3 +94,4 @@ class GraphClassificationDataset:
     num_classes: int
     folds: tuple[Split, ...] = ()
     source: str = ""
+    structural_features: bool = False

@@ -1,13 +1,15 @@
 """Fixed sinusoidal position encodings (1-D for time patches, 2-D for image patch grids).
 
-The layout follows the MAE / BrainLM convention: for ``dim`` channels and frequencies
+The layout follows the MAE convention: for ``dim`` channels and frequencies
 ``omega_k = 1 / 10000^(2k / dim)``, ``k = 0 .. dim/2 - 1``, a position ``p`` is encoded as
 ``[sin(p w_0), ..., sin(p w_{dim/2-1}), cos(p w_0), ..., cos(p w_{dim/2-1})]`` (``w = omega``)
 (sines first, then cosines; not interleaved). The 2-D encoding spends the first half of the
 channels on the row index and the second half on the column index.
 
 These are the ``p_i`` of FIMP eq. 5 for images (2-D, concatenated or summed with the patch
-projection) and the temporal part of the fMRI encoding (1-D, summed as in BrainLM).
+projection) and the temporal part of jaxfm's own fMRI tokenizer (1-D, summed). BrainLM's
+pretrained model interleaves sines and cosines instead (``pe[:, 0::2] = sin``,
+``pe[:, 1::2] = cos``); its port uses :func:`jaxfm.foundation.brainlm.temporal_encoding`.
 """
 
 from __future__ import annotations
