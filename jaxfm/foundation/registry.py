@@ -1,0 +1,69 @@
+"""Loading converted foundation models: dispatch a model directory to its family module."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import flax.linen as nn
+
+from jaxfm.model_dir import CONFIG_FILE, PARAMS_FILE, load_model_dir
+
+__all__ = ["FAMILY_MODULES", "load_pretrained", "model_from_config"]
+
+#: family name (``config["family"]``) -> module exposing ``model_from_config(config)``.
+FAMILY_MODULES = {
+    "vit": "jaxfm.foundation.vit",
+    "scgpt": "jaxfm.foundation.scgpt",
+    "brainlm": "jaxfm.foundation.brainlm",
+}
+
+
+def model_from_config(config: dict) -> nn.Module:
+    """Builds the Flax module a ``config.json`` describes (dispatching on ``"family"``).
+
+    Raises:
+      ValueError: no/unknown family (lists the known ones).
+    """
+    family = config.get("family") if isinstance(config, dict) else None
+    if family not in FAMILY_MODULES:
+        raise ValueError(
+            f"config family {family!r} is not a foundation model family; expected one of "
+            f"{sorted(FAMILY_MODULES)}"
+        )
+    module = importlib.import_module(FAMILY_MODULES[family])
+    return module.model_from_config(config)
+
+
+def load_pretrained(path: str | os.PathLike, *, as_jax: bool = True) -> tuple[nn.Module, dict]:
+    """Loads a converted model directory (``jaxfm convert ... OUT``).
+
+    Args:
+      path: the model directory (``params.safetensors`` + ``config.json``).
+      as_jax: parameters as ``jax.Array`` on the default device (moved tensor by tensor, so
+        peak host memory stays ~ one copy); ``False`` keeps numpy arrays.
+
+    Returns:
+      ``(model, variables)`` with ``variables = {"params": params}``, ready for
+      ``model.apply(variables, ...)``.
+
+    Raises:
+      FileNotFoundError: the directory or one of its files is missing (named).
+      ValueError: unreadable files or an unknown family.
+
+    Example:
+      >>> model, variables = load_pretrained("vit_out")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"pretrained model directory {path} does not exist (expected a directory with "
+            f"{PARAMS_FILE} and {CONFIG_FILE}, as written by `jaxfm convert`)"
+        )
+    params, config = load_model_dir(path, as_jax=as_jax)
+    try:
+        model = model_from_config(config)
+    except ValueError as e:
+        raise ValueError(f"model directory {path}: {e}") from e
+    return model, {"params": params}
