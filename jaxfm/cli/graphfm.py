@@ -86,7 +86,7 @@ def _summary(args) -> int:
     from jaxfm.graphfm import graphfm_config
     from jaxfm.graphfm.summary import format_summary, parameter_summary
 
-    summary = parameter_summary(graphfm_config(args.config))
+    summary = parameter_summary(graphfm_config(args.config), name=args.config)
     print(format_summary(summary))
     if args.json:
         print(json.dumps(summary))

@@ -1,0 +1,108 @@
+"""The GraphFM model: tokens -> packed Perceiver encoder -> node decoder -> per-dataset heads.
+
+``GraphFM(config).apply({"params": p}, batch)`` on a :class:`~jaxfm.graphfm.batch.PackedBatch`
+returns a dict: ``tokens [T, D]``, ``latents [G, K, D]``, ``node_embedding [Q, D]``,
+``logits [Q, C]`` (float32), ``prediction [Q]`` (regression) and, with the graph decoder,
+``graph_logits [G, C]``.
+
+Parameter paths (an API: freezing, lr scaling and sharding rules are regexes over them):
+``tokenizer/feature_mlp/*`` and ``heads/*``, ``graph_heads/*`` are dataset-specific (leading
+axis S); ``tokenizer/signnet/*``, ``encoder/{latents,cross_attention,layer_i,norm}``,
+``decoder/{type_embedding,layer_i,norm}``, ``graph_decoder/*`` are the shared trunk.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxfm.graphfm.batch import PackedBatch
+from jaxfm.graphfm.config import GraphFMConfig
+from jaxfm.graphfm.decoder import GraphDecoder, NodeDecoder
+from jaxfm.graphfm.encoder import PerceiverEncoder
+from jaxfm.graphfm.heads import DatasetHeads
+from jaxfm.graphfm.tokens import NodeTokenizer
+
+__all__ = ["DATASET_SPECIFIC", "GraphFM"]
+
+DATASET_SPECIFIC = ("^tokenizer/feature_mlp/", "^heads/", "^graph_heads/")
+
+
+class GraphFM(nn.Module):
+    """GraphFM (see module docstring). ``config.datasets`` must be non-empty."""
+
+    config: GraphFMConfig
+
+    def setup(self):
+        cfg = self.config
+        if not cfg.datasets:
+            raise ValueError("GraphFM: config.datasets is empty (the per-dataset table)")
+        dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+        impl = None if cfg.attention in ("auto", "segment") else cfg.attention
+        self.tokenizer = NodeTokenizer(
+            num_datasets=len(cfg.datasets),
+            dim=cfg.dim,
+            pe_width=cfg.pe_channels,
+            feature_hidden=cfg.hidden_features,
+            signnet_hidden=cfg.signnet_hidden,
+            dtype=dtype,
+        )
+        self.encoder = PerceiverEncoder(
+            num_latents=cfg.num_latents,
+            depth=cfg.encoder_depth,
+            cross_heads=cfg.cross_heads,
+            self_heads=cfg.self_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            dropout=cfg.dropout,
+            eps=cfg.layer_norm_eps,
+            dtype=dtype,
+            implementation=impl,
+        )
+        self.decoder = NodeDecoder(
+            depth=cfg.decoder_depth,
+            num_heads=cfg.decoder_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            dropout=cfg.dropout,
+            eps=cfg.layer_norm_eps,
+            dtype=dtype,
+        )
+        classes = tuple(d.num_classes for d in cfg.datasets)
+        self.heads = DatasetHeads(classes)
+        if cfg.graph_decoder:
+            self.graph_decoder = GraphDecoder(
+                cfg.cross_heads, cfg.mlp_ratio, cfg.layer_norm_eps, dtype=dtype
+            )
+            self.graph_heads = DatasetHeads(classes)
+
+    def _tokens(self, batch: PackedBatch):
+        return self.tokenizer(batch.features, batch.pe, batch.group_sizes, batch.segment_ids > 0)
+
+    def encode(self, batch: PackedBatch, *, deterministic: bool = True):
+        """Per-graph latents ``[G, K, D]``."""
+        tokens = self._tokens(batch)
+        return self.encoder(
+            tokens, batch.segment_ids, batch.graph_mask, deterministic=deterministic
+        )
+
+    def embed(self, batch: PackedBatch):
+        """Node embeddings ``[Q, D]`` (float32) of the batch's targets."""
+        return self(batch)["node_embedding"]
+
+    def __call__(self, batch: PackedBatch, *, deterministic: bool = True):
+        tokens = self._tokens(batch)
+        latents = self.encoder(
+            tokens, batch.segment_ids, batch.graph_mask, deterministic=deterministic
+        )
+        h = self.decoder(tokens, latents, batch, deterministic=deterministic)
+        logits, prediction = self.heads(h, batch.target_dataset)
+        out = {
+            "tokens": tokens.astype(jnp.float32),
+            "latents": latents.astype(jnp.float32),
+            "node_embedding": h.astype(jnp.float32),
+            "logits": logits,
+            "prediction": prediction,
+        }
+        if self.config.graph_decoder:
+            g = self.graph_decoder(latents, batch.graph_mask)
+            out["graph_logits"], _ = self.graph_heads(g, batch.graph_dataset)
+        return out

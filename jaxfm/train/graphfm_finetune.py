@@ -1,0 +1,376 @@
+"""Finetuning a pretrained GraphFM on an unseen graph (MFT / NFT) and embedding graphs.
+
+MFT (paper A.3.1): the encoder and node decoder stay frozen; a new feature MLP and a new head for
+the graph's label space are trained with AdamW at one fixed learning rate / weight decay for
+every dataset. NFT (A.3.2): MFT, plus bottom-up gradual unfreezing of the node decoder: from
+epoch ``E0`` on, every ``dE`` epochs one more decoder layer becomes trainable and the learning
+rate is divided by 1.5. Which parameters train in each phase is a list of parameter-path regexes
+(:func:`trainable_rules`), not code branches.
+
+The whole graph is encoded at every step (one graph slot; GraphFM's encoder is O(N K)), and the
+node decoder runs on a batch of training targets. Evaluation decodes every node of a split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxfm.data.graph_dataset import NodeDataset, Split
+from jaxfm.graphfm import DATASET_SPECIFIC, GraphFM, GraphFMConfig, loss_and_metrics
+from jaxfm.model_dir import flatten_params, load_model_dir, unflatten_params
+from jaxfm.train import param_rules
+
+__all__ = [
+    "FinetuneConfig",
+    "embed_graph",
+    "finetune",
+    "load_pretrained_graphfm",
+    "splits_for",
+    "trainable_rules",
+    "write_json_atomic",
+]
+
+NEW_PARAMS = DATASET_SPECIFIC  # a new graph gets a fresh feature MLP and head
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """One finetuning run over the splits of one dataset.
+
+    Attributes:
+      mode: ``"mft"`` or ``"nft"``.
+      checkpoint: pretrained model directory (``WORKDIR/model`` of ``jaxfm pretrain``).
+      dataset: dataset file/folder (any format of :mod:`jaxfm.data.registry`).
+      splits: split indices to run (None = all public splits, or ``num_random_splits`` seeded
+        60/20/20 ones when the dataset has none).
+      epochs: passes over the training nodes; model selection on validation accuracy.
+      batch_targets: training nodes decoded per step.
+      learning_rate, weight_decay: AdamW, the same for every dataset (paper: fixed).
+      unfreeze_start, unfreeze_every: NFT's E0 and dE (epochs).
+      lr_decay: NFT divides the learning rate by this at each unfreeze.
+      seed: init of the new parameters, batch order and neighbour sampling.
+    """
+
+    mode: str = "mft"
+    checkpoint: str
+    dataset: str
+    splits: list[int] | None = None
+    num_random_splits: int = 5
+    epochs: int = 60
+    batch_targets: int = 512
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    unfreeze_start: int = 20
+    unfreeze_every: int = 10
+    lr_decay: float = 1.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("mft", "nft"):
+            raise ValueError(f"FinetuneConfig.mode must be 'mft' or 'nft', got {self.mode!r}")
+        if self.epochs < 1 or self.batch_targets < 1:
+            raise ValueError("FinetuneConfig: epochs and batch_targets must be >= 1")
+        if self.unfreeze_start < 0 or self.unfreeze_every < 1 or self.lr_decay < 1:
+            raise ValueError(
+                "FinetuneConfig: bad NFT schedule (start >= 0, every >= 1, decay >= 1)"
+            )
+
+
+def trainable_rules(mode: str, epoch: int, cfg: FinetuneConfig, decoder_depth: int) -> list[str]:
+    """Parameter-path regexes trained at ``epoch`` (MFT: new MLP + head; NFT: + decoder layers).
+
+    >>> c = FinetuneConfig(mode="nft", checkpoint="m", dataset="d", unfreeze_start=2,
+    ...                    unfreeze_every=3)
+    >>> trainable_rules("nft", 1, c, 2)
+    ['^tokenizer/feature_mlp/', '^heads/']
+    >>> trainable_rules("nft", 5, c, 2)[2:]
+    ['^decoder/layer_0/', '^decoder/layer_1/']
+    """
+    rules = list(NEW_PARAMS)
+    if mode == "nft" and epoch >= cfg.unfreeze_start:
+        n = min(decoder_depth, 1 + (epoch - cfg.unfreeze_start) // cfg.unfreeze_every)
+        rules += [f"^decoder/layer_{i}/" for i in range(n)]
+    return rules
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Writes JSON to ``path`` via a temporary file + rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def load_pretrained_graphfm(path: str | os.PathLike) -> tuple[GraphFMConfig, dict]:
+    """Reads a pretrained GraphFM model directory -> ``(config, params)``."""
+    params, config = load_model_dir(path)
+    if "graphfm" not in config:
+        raise ValueError(
+            f"{path}: not a GraphFM model directory (config.json has no 'graphfm' entry; "
+            "expected the WORKDIR/model written by `jaxfm pretrain`)"
+        )
+    return GraphFMConfig.from_dict(config["graphfm"]), params
+
+
+def _transplant(new_params: dict, pretrained: dict, source: str) -> dict:
+    """New params with every shared-trunk tensor taken from ``pretrained`` (shapes must match)."""
+    new_flat = flatten_params(new_params)
+    old_flat = flatten_params(pretrained)
+    keep_new = [p for p in new_flat if any(re.search(r, p) for r in NEW_PARAMS)]
+    missing = [p for p in new_flat if p not in keep_new and p not in old_flat]
+    shape_mismatch = [
+        f"{p} {old_flat[p].shape} vs {new_flat[p].shape}"
+        for p in new_flat
+        if p not in keep_new and p in old_flat and old_flat[p].shape != new_flat[p].shape
+    ]
+    if missing or shape_mismatch:
+        raise ValueError(
+            f"{source}: the checkpoint does not fit this model config (made with another "
+            f"config?); missing: {missing[:8]}; shape mismatches: {shape_mismatch[:8]}"
+        )
+    out = {p: (v if p in keep_new else old_flat[p]) for p, v in new_flat.items()}
+    return jax.tree.map(jnp.asarray, unflatten_params(out))
+
+
+def splits_for(
+    ds: NodeDataset, num_random: int, chosen: list[int] | None = None
+) -> list[tuple[int, Split]]:
+    """``(index, split)`` pairs: the dataset's public splits, else ``num_random`` seeded 60/20/20.
+
+    The seeded splits are a pure function of ``(N, seed)``, so baselines evaluated separately
+    (``experiments/graphfm/evaluate.py``) see exactly the same masks.
+    """
+    splits = list(ds.splits)
+    if not splits:
+        from jaxfm.data.splits import split_nodes
+
+        for s in range(num_random):
+            tr, va, te = split_nodes(ds.num_nodes, (0.6, 0.2, 0.2), seed=s)
+            masks = [np.zeros(ds.num_nodes, bool) for _ in range(3)]
+            for m, idx in zip(masks, (tr, va, te), strict=True):
+                m[idx] = True
+            splits.append(Split(train=masks[0], val=masks[1], test=masks[2]))
+    chosen = range(len(splits)) if chosen is None else chosen
+    for i in chosen:
+        if not 0 <= i < len(splits):
+            raise ValueError(f"--splits: {ds.name} has {len(splits)} splits, index {i} is invalid")
+    return [(i, splits[i]) for i in chosen]
+
+
+class _GraphBatcher:
+    """Packs the whole graph (one graph slot) with chosen target nodes into PackedBatches.
+
+    The graph goes through the same corpus preparation as pretraining (feature reduction to
+    ``feature_dim``, Laplacian PE), so a finetuned model sees inputs built exactly like the
+    pretraining ones.
+    """
+
+    def __init__(self, ds: NodeDataset, base: GraphFMConfig, num_targets: int, seed: int):
+        from jaxfm.data.corpus import Unit, build_corpus
+        from jaxfm.data.packing import PackingBudget
+
+        n = ds.num_nodes
+        rows = -(-n // 256) * 256
+        corpus = build_corpus(
+            [ds],
+            feature_dim=base.feature_dim,
+            pe_dim=base.pe_dim,
+            node_budget=rows,
+            max_unit_nodes=n,
+            seed=seed,
+        )
+        self.unit = corpus.materialize(Unit(0, None, n))
+        self.spec = corpus.dataset_specs[0]
+        self.base = base
+        self.budget = PackingBudget(
+            nodes=rows, graphs=1, targets=num_targets, neighbors=base.num_neighbors
+        )
+
+    def batch(self, nodes: np.ndarray, seed, *, dataset: int = 0, num_datasets: int = 1):
+        """``(batch, node_ids)``: targets = ``nodes`` (at most the target budget)."""
+        from jaxfm.data.packing import pack_bucket
+
+        mask = np.zeros(self.unit.num_nodes, bool)
+        mask[nodes] = True
+        # Only the chosen nodes are labelled inside this batch, so every one of them is a target.
+        unit = dataclasses.replace(
+            self.unit,
+            train_mask=mask,
+            labels=np.where(mask, np.maximum(self.unit.labels, 0), -1),
+            dataset=dataset,
+        )
+        b = pack_bucket(
+            [unit],
+            self.budget,
+            num_datasets=num_datasets,
+            feature_dim=self.base.feature_dim,
+            pe_dim=self.base.pe_dim,
+            seed=seed,
+            check=False,
+        )
+        return b, np.asarray(b.target_index)[np.asarray(b.target_mask)]
+
+
+def finetune(cfg: FinetuneConfig, *, progress: bool = True, log_stream=None) -> dict:
+    """MFT/NFT on every chosen split; returns the result dict (see ``jaxfm finetune``)."""
+    from jaxfm.data.registry import load_dataset
+
+    base_cfg, pretrained = load_pretrained_graphfm(cfg.checkpoint)
+    ds = load_dataset(cfg.dataset)
+    if not isinstance(ds, NodeDataset) or ds.task != "classification":
+        raise ValueError(f"--dataset {cfg.dataset}: finetuning needs a node-classification graph")
+    if any(s.name == ds.name for s in base_cfg.datasets):
+        raise ValueError(
+            f"--dataset {cfg.dataset}: '{ds.name}' was in the pretraining corpus; evaluate on "
+            "unseen graphs only"
+        )
+    batcher = _GraphBatcher(ds, base_cfg, cfg.batch_targets, cfg.seed)
+    model_cfg = dataclasses.replace(base_cfg, datasets=(batcher.spec,))
+    model = GraphFM(model_cfg)
+    y = np.asarray(ds.y)
+
+    def loss_fn(params, batch, key, train):
+        out = model.apply({"params": params}, batch, deterministic=not train, rngs={"dropout": key})
+        return loss_and_metrics(out, batch, model_cfg)
+
+    @jax.jit
+    def predict(params, batch):
+        return jnp.argmax(model.apply({"params": params}, batch)["logits"], -1)
+
+    def accuracy(params, mask: np.ndarray, seed) -> float:
+        nodes = np.flatnonzero(mask & (y >= 0))
+        hits = 0
+        for s in range(0, len(nodes), cfg.batch_targets):
+            batch, ids = batcher.batch(nodes[s : s + cfg.batch_targets], [seed, s])
+            pred = np.asarray(predict(params, batch))[np.asarray(batch.target_mask)]
+            hits += int((pred == y[ids]).sum())
+        return hits / max(len(nodes), 1)
+
+    per_split = []
+    for split_index, split in splits_for(ds, cfg.num_random_splits, cfg.splits):
+        rng = np.random.default_rng([cfg.seed, split_index])
+        key = jax.random.key(cfg.seed * 1009 + split_index)
+        key, init_key = jax.random.split(key)
+        train_nodes = np.flatnonzero(split.train & (y >= 0))
+        if len(train_nodes) == 0:
+            raise ValueError(f"{ds.name} split {split_index}: no labelled training node")
+        example, _ = batcher.batch(train_nodes[:1], 0)
+        fresh = jax.jit(lambda k, b: model.init(k, b)["params"])(init_key, example)
+        params = _transplant(fresh, pretrained, cfg.checkpoint)
+        best = {"val_accuracy": -1.0}
+        phase_rules: list[str] | None = None
+        lr = cfg.learning_rate
+        bar = tqdm(
+            range(cfg.epochs),
+            desc=f"{cfg.mode} {ds.name} split {split_index}",
+            disable=not progress,
+            file=sys.stderr,
+            leave=False,
+        )
+        for epoch in bar:
+            rules = trainable_rules(cfg.mode, epoch, cfg, model_cfg.decoder_depth)
+            if rules != phase_rules:
+                if phase_rules is not None:
+                    lr /= cfg.lr_decay  # NFT: one more decoder layer unfrozen
+                tx = param_rules.masked_optimizer(
+                    optax.adamw(lr, weight_decay=cfg.weight_decay), params, rules
+                )
+                opt_state = tx.init(params)
+                step = _make_step(loss_fn, tx)
+                phase_rules = rules
+            order = rng.permutation(train_nodes)
+            for s in range(0, len(order), cfg.batch_targets):
+                batch, _ = batcher.batch(order[s : s + cfg.batch_targets], [cfg.seed, epoch, s])
+                key, sk = jax.random.split(key)
+                params, opt_state, _ = step(params, opt_state, batch, sk)
+            val = accuracy(params, split.val, 1)
+            if val > best["val_accuracy"]:
+                best = {
+                    "split": split_index,
+                    "val_accuracy": val,
+                    "test_accuracy": accuracy(params, split.test, 2),
+                    "best_epoch": epoch,
+                }
+            bar.set_postfix(val=f"{val:.3f}", best_test=f"{best.get('test_accuracy', 0):.3f}")
+            if log_stream is not None:
+                log_stream.write(json.dumps({"split": split_index, "epoch": epoch, "val": val}))
+                log_stream.write("\n")
+        per_split.append(best)
+    tests = np.array([r["test_accuracy"] for r in per_split])
+    return {
+        "dataset": ds.name,
+        "mode": cfg.mode,
+        "checkpoint": str(cfg.checkpoint),
+        "test_accuracy_mean": float(tests.mean()),
+        "test_accuracy_std": float(tests.std()),
+        "per_split": per_split,
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+def _make_step(loss_fn, tx):
+    @jax.jit
+    def step(params, opt_state, batch, key):
+        (loss, _), grads = jax.value_and_grad(lambda p: loss_fn(p, batch, key, True), has_aux=True)(
+            params
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def embed_graph(checkpoint: str, dataset: str, out: str, *, chunk: int = 512) -> dict:
+    """Writes ``[N, D]`` node embeddings of ``dataset`` from a pretrained model to ``out`` (.npy).
+
+    A dataset of the pretraining corpus uses its own trained feature MLP; an unseen dataset gets
+    a freshly initialised one (seed 0), as at the start of MFT. Written atomically.
+    """
+    from jaxfm.data.registry import load_dataset
+
+    base_cfg, pretrained = load_pretrained_graphfm(checkpoint)
+    ds = load_dataset(dataset)
+    if not isinstance(ds, NodeDataset):
+        raise ValueError(f"--dataset {dataset}: embedding needs a node-level graph")
+    batcher = _GraphBatcher(ds, base_cfg, chunk, 0)
+    names = [s.name for s in base_cfg.datasets]
+    if ds.name in names:
+        model_cfg, index = base_cfg, names.index(ds.name)
+        params = jax.tree.map(jnp.asarray, pretrained)
+    else:
+        model_cfg, index, params = dataclasses.replace(base_cfg, datasets=(batcher.spec,)), 0, None
+    model = GraphFM(model_cfg)
+    embed = jax.jit(lambda p, b: model.apply({"params": p}, b, method=GraphFM.embed))
+    emb = np.zeros((ds.num_nodes, model_cfg.dim), np.float32)
+    for s in tqdm(range(0, ds.num_nodes, chunk), desc="embed", file=sys.stderr, leave=False):
+        batch, ids = batcher.batch(
+            np.arange(s, min(s + chunk, ds.num_nodes)),
+            s,
+            dataset=index,
+            num_datasets=len(model_cfg.datasets),
+        )
+        if params is None:
+            fresh = model.init(jax.random.key(0), batch)["params"]
+            params = _transplant(fresh, pretrained, checkpoint)
+        emb[ids] = np.asarray(embed(params, batch))[np.asarray(batch.target_mask)]
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".npy", dir=out_path.parent)
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, emb)
+    os.replace(tmp, out_path)
+    return {"dataset": ds.name, "embeddings": str(out_path), "shape": list(emb.shape)}

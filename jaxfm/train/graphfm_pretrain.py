@@ -1,0 +1,334 @@
+"""GraphFM multi-graph pretraining: corpus -> packed buckets -> accumulated LAMB steps.
+
+``pretrain(PretrainConfig(...))`` is what ``jaxfm pretrain`` calls. With no data paths it trains on
+a built-in corpus of synthetic SBM graphs (the project's main job). Every logged step prints one
+JSON line (``step``, ``loss``, ``accuracy``, ``lr``, ``tokens_per_s``...); checkpoints (params,
+optimizer state, step, RNG and the data-iterator state) go to ``WORKDIR/checkpoints`` and the
+final model to ``WORKDIR/model`` (a model directory: ``params.safetensors`` + ``config.json``,
+what ``jaxfm finetune --checkpoint`` and ``jaxfm embed`` read).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxfm.data.graph_dataset import GraphClassificationDataset, NodeDataset
+from jaxfm.graphfm import (
+    DATASET_SPECIFIC,
+    GraphFM,
+    GraphFMConfig,
+    graphfm_config,
+    loss_and_metrics,
+)
+from jaxfm.graphfm.batch import PackedBatch
+from jaxfm.model_dir import save_model_dir
+from jaxfm.train import param_rules
+from jaxfm.train.checkpoint import Checkpointer, abstract_like
+from jaxfm.train.graphfm_step import make_train_step
+from jaxfm.train.loop import TrainState
+from jaxfm.train.optim import OptimizerConfig, make_schedule
+
+__all__ = [
+    "PretrainConfig",
+    "build_pretraining_corpus",
+    "dataset_lr_scales",
+    "pretrain",
+]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    """One pretraining run.
+
+    Attributes:
+      model: GraphFM size preset (``small`` / ``medium`` / ``large``).
+      model_overrides: :class:`GraphFMConfig` field overrides.
+      data: dataset files/folders (folders are scanned recursively); empty = synthetic only.
+      synthetic_graphs: number of synthetic SBM graphs added to the corpus.
+      synthetic_nodes: node-count range of the synthetic graphs.
+      exclude: regexes of dataset names kept out of pretraining (the evaluation graphs).
+      steps: optimizer steps; ``accum``: buckets accumulated per step; ``devices``: data-parallel
+        buckets per accumulation step (buckets per step = devices x accum, paper C.1).
+      node_budget, graph_budget, target_budget, neighbors: static packing budgets per bucket.
+      optimizer: LAMB with linear warmup then cosine decay by default.
+      dataset_lr_scaling: scale the per-dataset MLP/head updates of rarely-seen datasets up
+        (appendix A.2), capped at ``max_lr_scale``.
+      workdir: checkpoints, logs, final model and summary go here.
+      checkpoint_every: save every N steps (and at the end); ``keep``: checkpoints kept.
+      log_every: print a JSON line every N steps.
+      seed: data order, init and dropout.
+    """
+
+    model: str = "small"
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    data: tuple[str, ...] = ()
+    synthetic_graphs: int = 24
+    synthetic_nodes: tuple[int, int] = (64, 1500)
+    exclude: tuple[str, ...] = ()
+    steps: int = 300
+    accum: int = 1
+    devices: int = 1
+    node_budget: int = 2048
+    graph_budget: int = 16
+    target_budget: int = 256
+    neighbors: int = 8
+    optimizer: OptimizerConfig = dataclasses.field(
+        default_factory=lambda: OptimizerConfig(
+            name="lamb",
+            learning_rate=2e-3,
+            weight_decay=1e-4,
+            schedule="warmup_cosine",
+            warmup_steps=30,
+            total_steps=300,
+            end_lr_fraction=0.05,
+        )
+    )
+    dataset_lr_scaling: bool = True
+    max_lr_scale: float = 8.0
+    workdir: str = "runs/pretrain"
+    checkpoint_every: int = 100
+    keep: int = 3
+    log_every: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "accum", "devices", "node_budget", "graph_budget", "target_budget"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.keep < 1:
+            raise ValueError("PretrainConfig: checkpoint_every, log_every and keep must be >= 1")
+        if self.synthetic_graphs < 0:
+            raise ValueError("PretrainConfig.synthetic_graphs must be >= 0")
+        if not self.data and self.synthetic_graphs == 0:
+            raise ValueError("PretrainConfig: no data paths and no synthetic graphs: empty corpus")
+        if self.max_lr_scale < 1:
+            raise ValueError("PretrainConfig.max_lr_scale must be >= 1")
+
+    @property
+    def num_buckets(self) -> int:
+        return self.devices * self.accum
+
+
+def build_pretraining_corpus(cfg: PretrainConfig, *, log=print) -> list[NodeDataset]:
+    """Loads every dataset under ``cfg.data`` (minus ``cfg.exclude``) plus the synthetic graphs.
+
+    Graph-classification sets are skipped with a message (the node-level pretraining objective
+    does not use them).
+    """
+    import re
+
+    from jaxfm.data.registry import find_datasets, load_dataset
+    from jaxfm.graph.sbm import sbm_corpus
+
+    excluded = [re.compile(p) for p in cfg.exclude]
+    datasets: list[NodeDataset] = []
+    for path in cfg.data:
+        refs = find_datasets(path)
+        if not refs:
+            raise ValueError(f"--data {path}: no dataset in a known format found there")
+        for ref in refs:
+            if any(rx.search(ref.name) for rx in excluded):
+                log(f"pretrain: {ref.name} excluded (evaluation graph)")
+                continue
+            ds = load_dataset(ref.path)
+            if isinstance(ds, GraphClassificationDataset):
+                log(f"pretrain: {ref.name} skipped (graph classification set)")
+                continue
+            datasets.append(dataclasses.replace(ds, name=ref.name))
+    if cfg.synthetic_graphs:
+        datasets.extend(
+            sbm_corpus(cfg.synthetic_graphs, seed=cfg.seed, node_range=cfg.synthetic_nodes)
+        )
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"pretrain: duplicate dataset names in the corpus: {sorted(names)}")
+    return datasets
+
+
+def dataset_lr_scales(train_nodes: Sequence[int], max_scale: float) -> np.ndarray:
+    """Per-dataset update multipliers (appendix A.2): sqrt(mean share / share), in [1, max].
+
+    A dataset whose training nodes are a small share of the corpus is in few buckets, so its own
+    MLP and head get few updates; scaling its steps by the square root of how under-represented
+    it is keeps it learning at the pace of the shared trunk.
+    """
+    n = np.maximum(np.asarray(train_nodes, np.float64), 1.0)
+    share = n / n.sum()
+    return np.clip(np.sqrt(share.mean() / share), 1.0, max_scale).astype(np.float32)
+
+
+def _make_optimizer(cfg: PretrainConfig, params, scales: np.ndarray):
+    opt = cfg.optimizer
+    lr = make_schedule(opt)
+    chain = []
+    if opt.clip_norm is not None:
+        chain.append(optax.clip_by_global_norm(opt.clip_norm))
+    if opt.name == "lamb":
+        chain.append(optax.lamb(lr, weight_decay=opt.weight_decay))
+    elif opt.name == "adamw":
+        chain.append(optax.adamw(lr, weight_decay=opt.weight_decay))
+    else:
+        chain.append(optax.adam(lr))
+    if cfg.dataset_lr_scaling:
+        chain.append(param_rules.scale_rows(jnp.asarray(scales), params, DATASET_SPECIFIC))
+    return optax.chain(*chain), lr
+
+
+def _stack(batches: Sequence[PackedBatch]) -> PackedBatch:
+    return jax.tree.map(lambda *xs: np.stack(xs), *batches)
+
+
+def _per_dataset_table(names, correct, count) -> dict[str, float]:
+    return {n: float(c / k) for n, c, k in zip(names, correct, count, strict=True) if k > 0}
+
+
+def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout, progress=True):
+    """Runs (or resumes) pretraining and returns the summary dict (also ``WORKDIR/summary.json``).
+
+    Args:
+      cfg: the run.
+      resume: continue from the newest complete checkpoint in ``WORKDIR/checkpoints`` (fresh start
+        if there is none).
+      log_stream: where JSON metric lines go (None: silent).
+      progress: tqdm progress bar on stderr.
+    """
+    from jaxfm.data.corpus import build_corpus
+    from jaxfm.data.packing import PackingBudget
+    from jaxfm.data.pipeline import PackedPipeline
+
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    say = (lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None)
+    t_start = time.perf_counter()
+
+    datasets = build_pretraining_corpus(cfg, log=say)
+    base = graphfm_config(cfg.model, **cfg.model_overrides)
+    corpus = build_corpus(
+        datasets,
+        feature_dim=base.feature_dim,
+        pe_dim=base.pe_dim,
+        node_budget=cfg.node_budget,
+        seed=cfg.seed,
+    )
+    model_cfg: GraphFMConfig = dataclasses.replace(base, datasets=tuple(corpus.dataset_specs))
+    budget = PackingBudget(
+        nodes=cfg.node_budget,
+        graphs=cfg.graph_budget,
+        targets=cfg.target_budget,
+        neighbors=model_cfg.num_neighbors,
+    )
+    pipeline = PackedPipeline(corpus, budget=budget, num_buckets=cfg.num_buckets, seed=cfg.seed)
+    names = [s.name for s in model_cfg.datasets]
+    say(
+        f"pretrain: {len(datasets)} graphs, {sum(d.num_nodes for d in datasets):,} nodes, "
+        f"{cfg.num_buckets} buckets/step of {cfg.node_budget} node rows"
+    )
+
+    model = GraphFM(model_cfg)
+    rng = jax.random.key(cfg.seed)
+    init_rng, rng = jax.random.split(rng)
+    example = jax.tree.map(lambda x: x[0], _stack(pipeline.peek()))
+    params = jax.jit(lambda k, b: model.init(k, b)["params"])(init_rng, example)
+    scales = dataset_lr_scales(corpus.train_nodes_per_dataset(), cfg.max_lr_scale)
+    optimizer, lr_schedule = _make_optimizer(cfg, params, scales)
+    state = TrainState.create(params, optimizer)
+
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep)
+    start = 0
+    if resume:
+        got = checkpointer.restore_latest(
+            abstract_like({"train": state, "rng": jax.random.key_data(rng)})
+        )
+        if got is not None:
+            step, tree, meta = got
+            if meta.get("model_config") != model_cfg.to_dict():
+                raise ValueError(
+                    f"--resume: the checkpoint in {checkpointer.directory} was made with another "
+                    "model config or corpus; use a fresh --workdir"
+                )
+            state, rng = tree["train"], jax.random.wrap_key_data(tree["rng"])
+            pipeline.set_state(meta["data"])
+            start = step
+            say(f"pretrain: resumed from step {step}")
+
+    def loss_fn(params, batch, key, train):
+        out = model.apply({"params": params}, batch, deterministic=not train, rngs={"dropout": key})
+        return loss_and_metrics(out, batch, model_cfg)
+
+    train_step = make_train_step(loss_fn, optimizer)
+
+    def save(step):
+        meta = {"data": pipeline.get_state(), "model_config": model_cfg.to_dict(), "step": step}
+        tree = {"train": state, "rng": jax.random.key_data(rng)}
+        checkpointer.save(step, tree, meta, force=True)
+
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc="pretrain",
+        unit="step",
+        disable=not progress,
+        file=sys.stderr,
+    )
+    history = []
+    correct = np.zeros(len(names))
+    count = np.zeros(len(names))
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        batches = _stack(next(pipeline))
+        rng, step_rng = jax.random.split(rng)
+        state, metrics = train_step(state, batches, step_rng)
+        metrics = jax.device_get(metrics)
+        if not np.isfinite(metrics["loss"]):
+            raise FloatingPointError(f"pretrain: loss became {metrics['loss']} at step {step}")
+        correct += metrics["dataset_correct"]
+        count += metrics["dataset_count"]
+        rows = int(np.asarray(batches.group_sizes).sum())
+        record = {
+            "step": step + 1,
+            "loss": float(metrics["loss"]),
+            "accuracy": float(metrics["correct"] / max(metrics["count"], 1)),
+            "lr": float(lr_schedule(step)),
+            "grad_norm": float(metrics["grad_norm"]),
+            "tokens_per_s": round(rows / (time.perf_counter() - t0), 1),
+        }
+        history.append(record)
+        if log_stream is not None and (step + 1) % cfg.log_every == 0:
+            log_stream.write(json.dumps(record) + "\n")
+            log_stream.flush()
+        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
+        bar.update(1)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save(step + 1)
+    bar.close()
+    checkpointer.close()
+
+    params_np = jax.tree.map(np.asarray, jax.device_get(state.params))
+    save_model_dir(workdir / "model", params_np, {"graphfm": model_cfg.to_dict()})
+    summary = {
+        "model": cfg.model,
+        "steps": cfg.steps,
+        "datasets": len(names),
+        "corpus_nodes": int(sum(d.num_nodes for d in datasets)),
+        "final_loss": history[-1]["loss"] if history else None,
+        "mean_loss_last_10": float(np.mean([h["loss"] for h in history[-10:]]))
+        if history
+        else None,
+        "train_accuracy_per_dataset": _per_dataset_table(names, correct, count),
+        "parameters": int(sum(x.size for x in jax.tree.leaves(params_np))),
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "model_dir": str(workdir / "model"),
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
