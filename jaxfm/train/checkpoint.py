@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,16 +80,41 @@ class Checkpointer:
         )
         return out["state"], dict(out["meta"])
 
-    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+    def restore_meta(self, step: int) -> dict:
+        """Only the JSON metadata of ``step`` (cheap: no arrays are read)."""
+        out = self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"])
+
+    def restore_latest(
+        self, abstract_state: Any, *, check_meta: Callable[[dict], None] | None = None
+    ) -> tuple[int, Any, dict] | None:
         """Newest restorable checkpoint as ``(step, state, meta)``, or None if there is none.
 
-        Checkpoints that fail to restore (corrupt or truncated files, a state of another
-        structure) are skipped with a :class:`CorruptCheckpointWarning` naming the directory.
+        Args:
+          abstract_state: structure/shapes/shardings to restore into.
+          check_meta: called with a checkpoint's metadata before its arrays are read; an
+            exception it raises (e.g. "made with another config") propagates: such a
+            checkpoint is not corrupt, it is the wrong one.
+
+        Checkpoints that fail to restore (corrupt or truncated files) are skipped with a
+        :class:`CorruptCheckpointWarning` naming the directory.
         """
         for step in reversed(self.steps()):
+            if check_meta is not None:
+                try:
+                    meta = self.restore_meta(step)
+                except Exception as e:
+                    warnings.warn(
+                        f"skipping checkpoint {self.directory / str(step)}: its metadata could "
+                        f"not be read ({type(e).__name__}: {str(e)[:300]})",
+                        CorruptCheckpointWarning,
+                        stacklevel=2,
+                    )
+                    continue
+                check_meta(meta)
             try:
                 state, meta = self.restore(step, abstract_state)
-            except Exception as e:  # noqa: BLE001 - any read failure means: do not use it
+            except Exception as e:
                 warnings.warn(
                     f"skipping checkpoint {self.directory / str(step)}: it could not be restored "
                     f"({type(e).__name__}: {str(e)[:300]})",

@@ -247,16 +247,20 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
     checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep)
     start = 0
     if resume:
-        got = checkpointer.restore_latest(
-            abstract_like({"train": state, "rng": jax.random.key_data(rng)})
-        )
-        if got is not None:
-            step, tree, meta = got
+
+        def same_run(meta):
             if meta.get("model_config") != model_cfg.to_dict():
                 raise ValueError(
                     f"--resume: the checkpoint in {checkpointer.directory} was made with another "
                     "model config or corpus; use a fresh --workdir"
                 )
+
+        got = checkpointer.restore_latest(
+            abstract_like({"train": state, "rng": jax.random.key_data(rng)}),
+            check_meta=same_run,
+        )
+        if got is not None:
+            step, tree, meta = got
             state, rng = tree["train"], jax.random.wrap_key_data(tree["rng"])
             pipeline.set_state(meta["data"])
             start = step

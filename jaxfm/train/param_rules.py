@@ -100,9 +100,7 @@ def masked_optimizer(
     frozen encoder costs no Adam moments.
     """
     labels = label_params(params, [(p, "train") for p in trainable], default="frozen")
-    return optax.multi_transform(
-        {"train": optimizer, "frozen": optax.set_to_zero()}, labels
-    )
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
 
 
 class _ScaleRowsState(NamedTuple):

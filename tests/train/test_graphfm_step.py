@@ -29,7 +29,10 @@ def test_accumulated_step_equals_one_step_on_the_mean_gradient():
     def mean_loss(p):
         return jnp.mean(
             jnp.stack(
-                [_loss(p, jax.tree.map(lambda a: a[i], batches), None, True)[0] for i in range(3)]
+                [
+                    _loss(p, jax.tree.map(lambda a, i=i: a[i], batches), None, True)[0]
+                    for i in range(3)
+                ]
             )
         )
 

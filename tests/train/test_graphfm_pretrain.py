@@ -1,0 +1,92 @@
+"""GraphFM pretraining end to end: losses fall, resume == uninterrupted, finetune freezing."""
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxfm.model_dir import flatten_params, load_model_dir
+from jaxfm.train.graphfm_finetune import FinetuneConfig, trainable_rules
+from jaxfm.train.graphfm_pretrain import PretrainConfig, dataset_lr_scales, pretrain
+from jaxfm.train.optim import OptimizerConfig
+
+TINY = dict(
+    dim=16, num_latents=4, encoder_depth=1, decoder_depth=2, cross_heads=2, self_heads=2,
+    decoder_heads=2, pe_dim=4, pe_width=4, signnet_hidden=8, feature_dim=16, num_neighbors=3,
+)  # fmt: skip
+
+
+def _cfg(workdir, steps=4, **kw):
+    return PretrainConfig(
+        model_overrides=TINY,
+        synthetic_graphs=4,
+        synthetic_nodes=(30, 90),
+        steps=steps,
+        node_budget=256,
+        graph_budget=4,
+        target_budget=32,
+        optimizer=OptimizerConfig(name="lamb", learning_rate=3e-3, schedule="constant"),
+        workdir=str(workdir),
+        checkpoint_every=2,
+        **kw,
+    )
+
+
+def _run(cfg, resume=False):
+    log = io.StringIO()
+    summary = pretrain(cfg, resume=resume, log_stream=log, progress=False)
+    return summary, [json.loads(line) for line in log.getvalue().splitlines()]
+
+
+def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_losses(tmp_path):
+    full, lines = _run(_cfg(tmp_path / "a", steps=4))
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) for r in lines)
+    # Simulate a kill after step 2: only checkpoint 2 survives.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
+    shutil.rmtree(tmp_path / "b" / "model")
+    _, resumed = _run(_cfg(tmp_path / "b", steps=4), resume=True)
+    assert [r["step"] for r in resumed] == [3, 4]
+    np.testing.assert_allclose(
+        [r["loss"] for r in resumed], [r["loss"] for r in lines[2:]], rtol=1e-6
+    )
+    pa, ca = load_model_dir(tmp_path / "a" / "model")
+    pb, cb = load_model_dir(tmp_path / "b" / "model")
+    assert ca == cb
+    fa, fb = flatten_params(pa), flatten_params(pb)
+    assert fa.keys() == fb.keys()
+    for path, v in fa.items():
+        np.testing.assert_allclose(v, fb[path], rtol=1e-6, atol=1e-7, err_msg=path)
+    assert full["datasets"] == 4
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    _run(_cfg(tmp_path, steps=2))
+    other = _cfg(tmp_path, steps=4, seed=1)
+    with pytest.raises(ValueError, match="another model config"):
+        _run(other, resume=True)
+
+
+def test_pretraining_on_synthetic_graphs_reduces_the_loss(tmp_path):
+    _, lines = _run(_cfg(tmp_path, steps=30, log_every=1))
+    first = np.mean([r["loss"] for r in lines[:5]])
+    last = np.mean([r["loss"] for r in lines[-5:]])
+    assert last < 0.9 * first
+
+
+def test_dataset_lr_scales_favour_rare_datasets():
+    s = dataset_lr_scales([1000, 100, 10], max_scale=8.0)
+    assert s[0] == 1.0 and s[0] < s[1] < s[2] <= 8.0
+    np.testing.assert_allclose(dataset_lr_scales([5, 5], 8.0), [1.0, 1.0])
+
+
+def test_nft_unfreezes_decoder_layers_bottom_up():
+    cfg = FinetuneConfig(checkpoint="m", dataset="d", mode="nft", unfreeze_start=4,
+                         unfreeze_every=2)  # fmt: skip
+    assert not any("decoder" in r for r in trainable_rules("nft", 3, cfg, 3))
+    assert [r for r in trainable_rules("nft", 4, cfg, 3) if "decoder" in r] == ["^decoder/layer_0/"]
+    assert len([r for r in trainable_rules("nft", 100, cfg, 3) if "decoder" in r]) == 3
+    assert not any("decoder" in r for r in trainable_rules("mft", 100, cfg, 3))
