@@ -9,8 +9,8 @@ from jaxfm.cli import main
 pytestmark = pytest.mark.slow
 
 
-def test_readme_main_job_learns(tmp_path, capsys):
-    """The README's first command: well above the majority-class rate."""
+def test_fimp_demo_command_learns(tmp_path, capsys):
+    """`jaxfm fimp train --task celltype --data synthetic`: well above the majority-class rate."""
     out = tmp_path / "r.json"
     assert (
         main(

@@ -90,3 +90,21 @@ def test_nft_unfreezes_decoder_layers_bottom_up():
     assert [r for r in trainable_rules("nft", 4, cfg, 3) if "decoder" in r] == ["^decoder/layer_0/"]
     assert len([r for r in trainable_rules("nft", 100, cfg, 3) if "decoder" in r]) == 3
     assert not any("decoder" in r for r in trainable_rules("mft", 100, cfg, 3))
+
+
+@pytest.mark.slow
+def test_readme_main_job_pretrains(tmp_path, capsys, monkeypatch):
+    """The README first command, `jaxfm pretrain` with its defaults (300 steps, 24 SBMs)."""
+    from jaxfm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--no-progress"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    steps = [x for x in lines if "step" in x]
+    summary = lines[-1]["summary"]
+    assert [x["step"] for x in steps] == list(range(1, 301))
+    first = np.mean([x["loss"] for x in steps[:20]])
+    last = np.mean([x["loss"] for x in steps[-20:]])
+    assert last < 0.8 * first, (first, last)
+    assert (tmp_path / "runs" / "pretrain" / "model" / "params.safetensors").exists()
+    assert summary["datasets"] == 24
