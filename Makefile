@@ -30,4 +30,4 @@ bench:
 	$(PY) experiments/benchmarks/cross_node_attention.py
 
 smoke:
-	jaxfm fimp train --task celltype --data synthetic
+	jaxfm pretrain --workdir runs/smoke
