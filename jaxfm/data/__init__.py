@@ -1,4 +1,6 @@
-"""Datasets for jaxfm: file readers (AnnData ``.h5ad``, loom, BrainLM atlas), FIMP spatial
+"""Datasets for jaxfm: graph-format readers and the dataset registry (GraphFM; the corpus, packing
+and grain pipeline live in ``jaxfm.data.corpus`` / ``packing`` / ``pipeline``), file readers
+(AnnData ``.h5ad``, loom, BrainLM atlas), FIMP spatial
 transcriptomics preprocessing (normalisation, gene-token sampling, value masking, splits) and
 built-in synthetic data for demos and tests.
 """
@@ -14,6 +16,10 @@ from jaxfm.data.anndata import (
 )
 from jaxfm.data.fmri import A424_NUM_REGIONS, FMRIDataset, fmri_patches, read_a424_coordinates
 from jaxfm.data.gene_tokens import map_gene_symbols, mask_values, sample_expressed_genes
+from jaxfm.data.graph_dataset import GraphClassificationDataset, NodeDataset, SmallGraph, Split
+from jaxfm.data.graph_validate import DatasetFormatError
+from jaxfm.data.registry import DatasetRef, find_datasets, load_dataset
+from jaxfm.data.registry import detect_format as detect_graph_format
 from jaxfm.data.spatial import SpatialDataset, load_spatial, normalize_total_log1p, to_graph_arrays
 from jaxfm.data.splits import split_nodes
 from jaxfm.data.synthetic import (
@@ -26,13 +32,22 @@ from jaxfm.data.synthetic import (
 __all__ = [
     "A424_NUM_REGIONS",
     "AnnDataLike",
+    "DatasetFormatError",
+    "DatasetRef",
     "FMRIDataset",
     "FileFormatError",
     "GeoImageDataset",
+    "GraphClassificationDataset",
     "MissingKeyError",
+    "NodeDataset",
+    "SmallGraph",
     "SpatialDataset",
+    "Split",
     "detect_format",
+    "detect_graph_format",
+    "find_datasets",
     "fmri_patches",
+    "load_dataset",
     "load_spatial",
     "map_gene_symbols",
     "mask_values",
