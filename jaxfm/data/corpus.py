@@ -108,7 +108,17 @@ class Unit:
 
 
 def _qr(a: np.ndarray) -> np.ndarray:
-    return np.linalg.qr(a)[0]
+    """Orthonormal basis of ``a``'s columns: CholeskyQR2 (two Gram-matrix passes, matmul-bound and
+    ~100x faster than Householder QR on tall matrices), Householder QR if the Gram matrix is
+    singular."""
+    q = np.asarray(a, np.float64)
+    try:
+        for _ in range(2):
+            r = np.linalg.cholesky(q.T @ q).T
+            q = np.linalg.solve(r.T, q.T).T
+    except np.linalg.LinAlgError:
+        q = np.linalg.qr(np.asarray(a, np.float64))[0]
+    return q.astype(np.float32)
 
 
 def reduce_features(
@@ -117,7 +127,7 @@ def reduce_features(
     *,
     seed: int | Sequence[int] = 0,
     oversample: int = 10,
-    power_iters: int = 4,
+    power_iters: int = 2,
 ) -> np.ndarray:
     """Randomized truncated SVD projection ``X V_dim`` (``float32 [N, dim]``), sparse-friendly.
 
@@ -127,20 +137,23 @@ def reduce_features(
     n, f = x.shape
     if f <= dim:
         return np.asarray(x.toarray() if sp.issparse(x) else x, np.float32)
-    xs = x.tocsr().astype(np.float64) if sp.issparse(x) else np.asarray(x, np.float64)
+    if not sp.issparse(x) and np.count_nonzero(x) < 0.1 * x.size:
+        x = sp.csr_matrix(x)  # bag-of-words stored dense: sparse products are ~10x cheaper
+    # float32 products (the range finder needs no more), float64 for the small exact SVD.
+    xs = x.tocsr().astype(np.float32) if sp.issparse(x) else np.asarray(x, np.float32)
     rng = np.random.default_rng(seed)
     width = min(dim + oversample, f)
-    q = _qr(np.asarray(xs @ rng.standard_normal((f, width))))
+    q = _qr(np.asarray(xs @ rng.standard_normal((f, width)).astype(np.float32)))
     for _ in range(power_iters):
         q = _qr(np.asarray(xs.T @ q))
         q = _qr(np.asarray(xs @ q))
-    b = np.asarray(xs.T @ q).T  # [r, f], r = min(n, width)
+    b = np.asarray(xs.T @ q, np.float64).T  # [r, f], r = min(n, width)
     _, _, vt = np.linalg.svd(b, full_matrices=False)
     v = vt[:dim].T  # [f, r']
     idx = np.argmax(np.abs(v), axis=0)
     v = v * np.where(v[idx, np.arange(v.shape[1])] < 0, -1.0, 1.0)
     out = np.zeros((n, dim), np.float32)
-    out[:, : v.shape[1]] = np.asarray(xs @ v)
+    out[:, : v.shape[1]] = np.asarray(xs @ v.astype(np.float32))
     return out
 
 
