@@ -1,6 +1,9 @@
-"""`jaxfm fimp ...`: FIMP training and attention maps.
+"""`jaxfm fimp ...`: FIMP training, zero-shot embeddings and attention maps.
 
-jaxfm fimp train --task {expression,celltype,fmri,image} --data PATH|synthetic [...]
+jaxfm fimp train --task {expression,celltype,fmri,image} --data PATH|synthetic
+                 [--init {scratch,vit,scgpt,genept,brainlm} --checkpoint OUT|TABLE] [...]
+jaxfm fimp embed --model {fimp-vit,fimp-scgpt,fimp-brainlm} --checkpoint OUT --data PATH|synthetic
+                 --out FILE.npy [...]
 jaxfm fimp attention-map --model DIR [--data PATH] --out DIR [...]
 """
 
@@ -12,9 +15,26 @@ import sys
 __all__ = ["add_parser"]
 
 
+def _data_options(args, task: str):
+    from jaxfm.train.fimp_data import DataOptions
+
+    return DataOptions(
+        max_genes=args.max_genes,
+        knn=args.knn,
+        radius_miles=args.radius_miles,
+        graph=args.graph,
+        mask_rate=args.mask_rate
+        if args.mask_rate is not None
+        else (0.8 if task == "expression" else 0.5),
+        num_nodes=args.num_nodes,
+        num_recordings=args.num_recordings,
+        image_size=args.image_size,
+        seed=args.data_seed,
+    )
+
+
 def _fimp_train(args) -> int:
     from jaxfm.train.fimp import RunConfig, train_fimp
-    from jaxfm.train.fimp_data import DataOptions
     from jaxfm.train.optim import OptimizerConfig
 
     overrides = {}
@@ -31,18 +51,7 @@ def _fimp_train(args) -> int:
         data=args.data,
         variant=args.variant,
         overrides=overrides,
-        data_options=DataOptions(
-            max_genes=args.max_genes,
-            knn=args.knn,
-            radius_miles=args.radius_miles,
-            graph=args.graph,
-            mask_rate=args.mask_rate
-            if args.mask_rate is not None
-            else (0.8 if args.task == "expression" else 0.5),
-            num_nodes=args.num_nodes,
-            num_recordings=args.num_recordings,
-            seed=args.data_seed,
-        ),
+        data_options=_data_options(args, args.task),
         optimizer=OptimizerConfig(
             name=args.optimizer,
             learning_rate=args.lr,
@@ -58,6 +67,10 @@ def _fimp_train(args) -> int:
         seed=args.seed,
         save_dir=args.save,
         output_json=args.output_json,
+        init=args.init,
+        checkpoint=args.checkpoint,
+        freeze_pretrained=args.freeze_pretrained,
+        pretrained_layers=args.pretrained_layers,
     )
     results = train_fimp(
         run, log_stream=sys.stdout if args.log_epochs else None, progress=not args.no_progress
@@ -67,6 +80,8 @@ def _fimp_train(args) -> int:
         for k in (
             "task",
             "dataset",
+            "init",
+            "pretrained",
             "num_params",
             "num_nodes",
             "num_edges",
@@ -78,6 +93,50 @@ def _fimp_train(args) -> int:
     }
     print(json.dumps({"summary": summary}))
     return 0
+
+
+def _fimp_embed(args) -> int:
+    from jaxfm.train.fimp_embed import ZERO_SHOT_MODELS, embed_zero_shot
+
+    task = ZERO_SHOT_MODELS[args.model][1]
+    res = embed_zero_shot(
+        args.model,
+        args.checkpoint,
+        data=args.data,
+        data_options=_data_options(args, task),
+        out=args.out,
+        edge_chunk_size=args.edge_chunk_size,
+    )
+    print(json.dumps({"embed": res["summary"]}))
+    return 0
+
+
+def _add_data_arguments(t) -> None:
+    t.add_argument(
+        "--graph",
+        default="file",
+        choices=["file", "knn", "none"],
+        help="neighbour graph: the file's own, kNN on coordinates, or none (self "
+        "loops only: the no-graph ablation)",
+    )
+    t.add_argument("--knn", type=int, default=6, help="neighbours per node for kNN graphs")
+    t.add_argument(
+        "--radius-miles",
+        type=float,
+        help="image networks: connect images within this distance (haversine)",
+    )
+    t.add_argument("--max-genes", type=int, default=64, help="gene tokens sampled per cell")
+    t.add_argument(
+        "--mask-rate", type=float, help="masked fraction (expression default 0.8, fmri 0.5)"
+    )
+    t.add_argument("--num-nodes", type=int, default=1200, help="synthetic cells/images")
+    t.add_argument("--num-recordings", type=int, default=60, help="synthetic fMRI recordings")
+    t.add_argument(
+        "--image-size",
+        type=int,
+        help="side of synthetic images (default 16; with --init vit the checkpoint's size)",
+    )
+    t.add_argument("--data-seed", type=int, default=0, help="seed of splits, gene samples, masks")
 
 
 def _fimp_attention_map(args) -> int:
@@ -121,25 +180,26 @@ def add_parser(sub) -> None:
         "loops get their own creator, H + M_self + mean M_nbr)",
     )
     t.add_argument("--edge-chunk-size", type=int, help="edges per attention chunk (memory bound)")
+    _add_data_arguments(t)
     t.add_argument(
-        "--graph",
-        default="file",
-        choices=["file", "knn", "none"],
-        help="neighbour graph: the file's own, kNN on coordinates, or none (self "
-        "loops only: the no-graph ablation)",
+        "--init",
+        default="scratch",
+        choices=["scratch", "vit", "scgpt", "genept", "brainlm"],
+        help="FIMP-base from scratch, or a pretrained variant (needs --checkpoint)",
     )
-    t.add_argument("--knn", type=int, default=6, help="neighbours per node for kNN graphs")
     t.add_argument(
-        "--radius-miles",
-        type=float,
-        help="image networks: connect images within this distance (haversine)",
+        "--checkpoint",
+        help="vit/scgpt/brainlm: a model directory from `jaxfm convert`; genept: a gene "
+        "embedding table (.csv gene,v1,...; .json {gene: [..]}; .npy + gene list; .npz)",
     )
-    t.add_argument("--max-genes", type=int, default=64, help="gene tokens sampled per cell")
     t.add_argument(
-        "--mask-rate", type=float, help="masked fraction (expression default 0.8, fmri 0.5)"
+        "--freeze-pretrained", action="store_true", help="keep the pretrained weights fixed"
     )
-    t.add_argument("--num-nodes", type=int, default=1200, help="synthetic cells/images")
-    t.add_argument("--num-recordings", type=int, default=60, help="synthetic fMRI recordings")
+    t.add_argument(
+        "--pretrained-layers",
+        type=int,
+        help="use only the first k pretrained encoder layers as the message creator",
+    )
     t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--patience", type=int, default=5, help="early stopping on validation")
     t.add_argument(
@@ -151,12 +211,28 @@ def add_parser(sub) -> None:
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--warmup-steps", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--data-seed", type=int, default=0, help="seed of splits, gene samples, masks")
     t.add_argument("--save", help="write the best model (params + config) to this directory")
     t.add_argument("--output-json", help="write the full results (history, val, test) here")
     t.add_argument("--log-epochs", action="store_true", help="print one JSON line per epoch")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=_fimp_train)
+
+    e = fsub.add_parser(
+        "embed",
+        help="zero-shot node embeddings from a pretrained model run in cross-node form over "
+        "the node graph (no graph training); writes .npy + .json",
+    )
+    e.add_argument("--model", required=True, choices=["fimp-vit", "fimp-scgpt", "fimp-brainlm"])
+    e.add_argument("--checkpoint", required=True, help="model directory from `jaxfm convert`")
+    e.add_argument(
+        "--data",
+        default="synthetic",
+        help="dataset file (images .npz, spatial .h5ad/.loom, fMRI .npz) or 'synthetic'",
+    )
+    e.add_argument("--out", required=True, help="output .npy ([N, D], or [R, V, D] for fMRI)")
+    e.add_argument("--edge-chunk-size", type=int, help="edges per attention chunk (memory bound)")
+    _add_data_arguments(e)
+    e.set_defaults(func=_fimp_embed)
 
     a = fsub.add_parser(
         "attention-map",

@@ -7,6 +7,7 @@ from jaxfm.fimp.config import (
     GeneTokenizerConfig,
     ImageTokenizerConfig,
     MessageCreatorConfig,
+    PretrainedConfig,
     TokenizerConfig,
     fimp_config,
 )
@@ -17,12 +18,15 @@ from jaxfm.fimp.heads import (
     PatchReconstructionHead,
 )
 from jaxfm.fimp.message import MessageCreator
-from jaxfm.fimp.model import FIMP, FIMPLayer, masked_mean_pool
+from jaxfm.fimp.model import FIMP, FIMPLayer, ZeroShotEncoder, masked_mean_pool
 from jaxfm.fimp.tasks import TASKS, FIMPTaskModel, TaskSpec, loss_and_metrics
 from jaxfm.fimp.tokenizers import (
+    BrainLMTokenizer,
     FMRITokenizer,
     GeneTokenizer,
     ImageTokenizer,
+    ScGPTTokenizer,
+    ViTPatchTokenizer,
     patchify_image,
     patchify_signal,
 )
@@ -31,6 +35,7 @@ __all__ = [
     "FIMP",
     "TASKS",
     "VARIANTS",
+    "BrainLMTokenizer",
     "ClassificationHead",
     "FIMPConfig",
     "FIMPLayer",
@@ -46,8 +51,12 @@ __all__ = [
     "MessageCreatorConfig",
     "NodeEmbeddingHead",
     "PatchReconstructionHead",
+    "PretrainedConfig",
+    "ScGPTTokenizer",
     "TaskSpec",
     "TokenizerConfig",
+    "ViTPatchTokenizer",
+    "ZeroShotEncoder",
     "fimp_config",
     "loss_and_metrics",
     "masked_mean_pool",

@@ -12,6 +12,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jaxfm.foundation.brainlm import BrainLMConfig
+from jaxfm.foundation.scgpt import ScGPTConfig
+from jaxfm.foundation.vit import ViTConfig
 from jaxfm.nn.attention import AGGREGATIONS
 from jaxfm.nn.mlp import ACTIVATIONS
 from jaxfm.nn.transformer import NORM_POSITIONS
@@ -19,18 +22,28 @@ from jaxfm.nn.transformer import NORM_POSITIONS
 __all__ = [
     "DTYPES",
     "MESSAGE_KINDS",
+    "PRETRAINED_FAMILIES",
     "VARIANTS",
     "FIMPConfig",
     "FMRITokenizerConfig",
     "GeneTokenizerConfig",
     "ImageTokenizerConfig",
     "MessageCreatorConfig",
+    "PretrainedConfig",
     "TokenizerConfig",
     "fimp_config",
 ]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-MESSAGE_KINDS = ("attention", "transformer")
+MESSAGE_KINDS = ("attention", "transformer", "foundation")
+#: Pretrained FIMP variants (``--init``) -> the foundation config class of their checkpoint
+#: (``None``: GenePT is a gene-embedding table, not a model).
+PRETRAINED_FAMILIES: dict[str, type | None] = {
+    "vit": ViTConfig,
+    "scgpt": ScGPTConfig,
+    "brainlm": BrainLMConfig,
+    "genept": None,
+}
 TOKEN_COMBINES = ("concat", "sum")
 
 
@@ -186,9 +199,12 @@ class MessageCreatorConfig:
     """The cross-node message creator (eqs. 6-7).
 
     Attributes:
-      kind: ``"attention"`` (FIMP-base: one bare multi-head cross-attention) or
+      kind: ``"attention"`` (FIMP-base: one bare multi-head cross-attention),
         ``"transformer"`` (``num_layers`` transformer layers in cross-node form, the shape of a
-        pretrained foundation model).
+        pretrained ViT / scGPT) or ``"foundation"`` (the first ``num_layers`` layers of the
+        pretrained foundation model named by :attr:`FIMPConfig.pretrained`, e.g. BrainLM's
+        Nystromformer layers; their hyper-parameters come from that model's config, so only
+        ``num_layers`` and ``num_heads`` (validation) are read here).
       num_layers: transformer layers (must be 1 for ``"attention"``).
       num_heads: attention heads.
       head_dim: per-head width; ``None`` = ``dim // num_heads``.
@@ -217,9 +233,85 @@ class MessageCreatorConfig:
         _choice("activation", self.activation, ACTIVATIONS)
         _require(self.layer_norm_eps > 0, f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
         _require(
-            self.kind == "transformer" or self.num_layers == 1,
+            self.kind != "attention" or self.num_layers == 1,
             f"kind='attention' is a single cross-attention; got num_layers={self.num_layers}",
         )
+
+
+def _foundation_width(foundation) -> int:
+    if isinstance(foundation, ViTConfig):
+        return foundation.hidden_size
+    if isinstance(foundation, ScGPTConfig):
+        return foundation.d_model
+    return foundation.hidden_size  # BrainLMConfig
+
+
+def _foundation_depth(foundation) -> int:
+    if isinstance(foundation, ViTConfig):
+        return foundation.num_layers
+    if isinstance(foundation, ScGPTConfig):
+        return foundation.nlayers
+    return foundation.num_hidden_layers  # BrainLMConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PretrainedConfig:
+    """Which pretrained model a FIMP variant reuses (FIMP-ViT / -scGPT / -BrainLM / -GenePT).
+
+    Attributes:
+      family: a key of :data:`PRETRAINED_FAMILIES`.
+      foundation: the converted model's architecture (``ViTConfig`` / ``ScGPTConfig`` /
+        ``BrainLMConfig``; a dict as in its ``config.json`` is accepted); ``None`` for GenePT.
+      gene_vocab_ids: scGPT only: dataset gene index -> checkpoint vocabulary id (genes the
+        vocabulary lacks are dropped from the data before tokenization); ``None`` = the data's
+        gene ids already are vocabulary ids.
+      source: provenance (checkpoint / table path), informational.
+
+    The model dim, the tokenizer and the message creator are derived from ``foundation`` (see
+    :mod:`jaxfm.fimp.pretrained`); the weights are grafted in after ``init``.
+    """
+
+    family: str
+    foundation: Any = None
+    gene_vocab_ids: tuple[int, ...] | None = None
+    source: str | None = None
+
+    def __post_init__(self):
+        _choice("family", self.family, PRETRAINED_FAMILIES)
+        cls = PRETRAINED_FAMILIES[self.family]
+        foundation = self.foundation
+        if isinstance(foundation, dict) and cls is not None:
+            foundation = cls.from_dict({k: v for k, v in foundation.items() if k != "family"})
+            object.__setattr__(self, "foundation", foundation)
+        if cls is None:
+            _require(foundation is None, f"family {self.family!r} takes no foundation config")
+        else:
+            _require(
+                isinstance(foundation, cls),
+                f"family {self.family!r} needs a {cls.__name__} foundation config, got "
+                f"{type(foundation).__name__}",
+            )
+        ids = self.gene_vocab_ids
+        if ids is not None:
+            _require(self.family == "scgpt", "gene_vocab_ids only applies to family 'scgpt'")
+            ids = tuple(int(i) for i in ids)
+            object.__setattr__(self, "gene_vocab_ids", ids)
+            bad = [i for i in ids if not 0 <= i < foundation.ntoken]
+            _require(
+                not bad,
+                f"gene_vocab_ids must lie in [0, {foundation.ntoken}) (the checkpoint "
+                f"vocabulary), got {bad[:5]}",
+            )
+
+    @property
+    def width(self) -> int | None:
+        """The foundation model's token width (``None`` for GenePT)."""
+        return None if self.foundation is None else _foundation_width(self.foundation)
+
+    @property
+    def depth(self) -> int | None:
+        """The foundation model's encoder layers (``None`` for GenePT)."""
+        return None if self.foundation is None else _foundation_depth(self.foundation)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -243,6 +335,9 @@ class FIMPConfig:
       layer_norm_eps: epsilon of the COMBINE / final LayerNorms.
       edge_chunk_size: edges per attention chunk (bounded memory); ``None`` = op default.
       dtype: computation dtype name, ``"float32"`` or ``"bfloat16"`` (params stay float32).
+      pretrained: the pretrained model this variant reuses (``None``: FIMP-base, scratch). With
+        a foundation model, ``dim`` must be its width, the tokenizer is its embedding layer and
+        the message creator its encoder layers (see :mod:`jaxfm.fimp.pretrained`).
     """
 
     dim: int
@@ -258,10 +353,18 @@ class FIMPConfig:
     layer_norm_eps: float = 1e-6
     edge_chunk_size: int | None = None
     dtype: str = "float32"
+    pretrained: PretrainedConfig | None = None
 
     def __post_init__(self):
+        if isinstance(self.pretrained, dict):  # from config.json (serialization)
+            object.__setattr__(self, "pretrained", PretrainedConfig(**self.pretrained))
         _positive("dim", self.dim)
         _positive("num_layers", self.num_layers)
+        _require(
+            self.pretrained is None or isinstance(self.pretrained, PretrainedConfig),
+            f"pretrained must be a PretrainedConfig, got {type(self.pretrained).__name__}",
+        )
+        self._check_pretrained()
         _require(
             isinstance(self.message, MessageCreatorConfig),
             f"message must be a MessageCreatorConfig, got {type(self.message).__name__}",
@@ -291,12 +394,33 @@ class FIMPConfig:
             _require(self.dim % 2 == 0, f"gene concat tokens need an even dim, got {self.dim}")
         if isinstance(tok, FMRITokenizerConfig):
             _require(self.dim % 2 == 0, f"fMRI tokens need an even dim, got {self.dim}")
-        if isinstance(tok, ImageTokenizerConfig):
+        if isinstance(tok, ImageTokenizerConfig) and self.pretrained is None:
             pe = tok.resolved_pe_dim(self.dim)
             _require(
                 pe % 4 == 0, f"image position encoding width must be a multiple of 4, got {pe}"
             )
             _require(tok.combine == "sum" or pe < self.dim, f"pe_dim {pe} must be < dim {self.dim}")
+
+    def _check_pretrained(self) -> None:
+        pre = self.pretrained
+        if self.message.kind == "foundation":
+            _require(
+                pre is not None and pre.foundation is not None,
+                "message kind 'foundation' needs pretrained= a foundation model (vit, scgpt, "
+                "brainlm)",
+            )
+        if pre is None or pre.foundation is None:
+            return
+        _require(
+            self.dim == pre.width,
+            f"dim {self.dim} must equal the pretrained {pre.family} width {pre.width}",
+        )
+        if self.message.kind != "attention":
+            _require(
+                self.message.num_layers <= pre.depth,
+                f"message.num_layers {self.message.num_layers} exceeds the pretrained "
+                f"{pre.family} depth {pre.depth}",
+            )
 
     @property
     def compute_dtype(self):

@@ -14,6 +14,9 @@ Two kinds:
   sources' streams after layer ``j-1`` (messages are aggregated at every layer; residuals, norms
   and MLPs run per node), and the last hidden state is the message. On a graph of self-loops only
   this is exactly the foundation model applied to each node.
+* ``"foundation"``: the same, with the layers of the pretrained model named by ``pretrained``
+  (built by :func:`jaxfm.fimp.pretrained.foundation_layers`, e.g. BrainLM's Nystromformer layers,
+  whose ``cross_node`` has the :class:`~jaxfm.nn.TransformerLayer` signature).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxfm.fimp.config import MessageCreatorConfig
+from jaxfm.fimp.config import MessageCreatorConfig, PretrainedConfig
+from jaxfm.fimp.pretrained import foundation_layers
 from jaxfm.nn.attention import AGGREGATIONS, MultiHeadAttention
 from jaxfm.nn.transformer import TransformerLayer
 
@@ -42,9 +46,11 @@ class MessageCreator(nn.Module):
       dropout: dropout inside transformer layers.
       dtype: computation dtype.
       param_dtype: parameter dtype.
+      pretrained: the pretrained model whose layers kind ``"foundation"`` hosts.
 
-    Parameters: ``attention/{query,key,value,out}`` (kind ``"attention"``) or
-    ``layers_{j}/{attention,norm1,norm2,mlp}`` (kind ``"transformer"``).
+    Parameters: ``attention/{query,key,value,out}`` (kind ``"attention"``),
+    ``layers_{j}/{attention,norm1,norm2,mlp}`` (kind ``"transformer"``) or ``layers_{j}/...``
+    named as in the foundation model (kind ``"foundation"``).
 
     Shapes:
       h ``[N, L, D]``; senders, receivers ``[E]`` int; kv_mask ``[N, L]`` bool; edge_mask
@@ -58,6 +64,7 @@ class MessageCreator(nn.Module):
     dropout: float = 0.0
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    pretrained: PretrainedConfig | None = None
 
     def setup(self):
         cfg = self.config
@@ -69,6 +76,12 @@ class MessageCreator(nn.Module):
                 head_dim=cfg.head_dim,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+            )
+        elif cfg.kind == "foundation":
+            if self.pretrained is None:
+                raise ValueError("MessageCreator: kind 'foundation' needs pretrained=")
+            self.layers = foundation_layers(
+                self.pretrained, cfg.num_layers, dropout=self.dropout, dtype=self.dtype
             )
         else:
             self.layers = [
@@ -122,6 +135,11 @@ class MessageCreator(nn.Module):
         )
 
         def edge_map(module, x):
+            if not hasattr(module, "attention_map"):
+                raise ValueError(
+                    f"attention maps are not available for {type(module).__name__} layers "
+                    f"(message kind {self.config.kind!r})"
+                )
             s, r = senders[attention_edges], receivers[attention_edges]
             mask = None if kv_mask is None else kv_mask[s]
             return module.attention_map(x[r], x[s], kv_mask=mask)  # [Es, H, L, L]

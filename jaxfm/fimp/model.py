@@ -23,10 +23,11 @@ from jaxfm.fimp.config import (
     ImageTokenizerConfig,
 )
 from jaxfm.fimp.message import MessageCreator
+from jaxfm.fimp.pretrained import FAMILY_SPECS, make_tokenizer
 from jaxfm.fimp.tokenizers import FMRITokenizer, GeneTokenizer, ImageTokenizer
 from jaxfm.nn.mlp import Mlp
 
-__all__ = ["FIMP", "FIMPLayer", "masked_mean_pool"]
+__all__ = ["FIMP", "FIMPLayer", "ZeroShotEncoder", "masked_mean_pool", "tokenize_nodes"]
 
 
 def masked_mean_pool(tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
@@ -43,6 +44,46 @@ def masked_mean_pool(tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
 
 def _zero_invalid(h: jax.Array, token_mask: jax.Array) -> jax.Array:
     return jnp.where(token_mask[..., None], h, jnp.zeros((), h.dtype))
+
+
+def tokenize_nodes(cfg: FIMPConfig, nodes: Mapping[str, jax.Array], *, deterministic: bool = True):
+    """Creates the ``tokenizer`` submodule of the calling module and tokenizes ``nodes``.
+
+    Call inside a compact method. The modality (genes / image / fmri) picks the inputs; a
+    pretrained family (``cfg.pretrained``) picks the module (:func:`jaxfm.fimp.pretrained.
+    make_tokenizer`), else FIMP's own tokenizer.
+
+    Returns:
+      ``(tokens [N, L, D], token_mask [N, L])``.
+    """
+    tok, dtype = cfg.tokenizer, cfg.compute_dtype
+    pre = make_tokenizer(cfg.pretrained, "tokenizer")
+    if isinstance(tok, GeneTokenizerConfig):
+        args = (nodes["gene_ids"], nodes["values"], nodes["token_mask"], nodes.get("value_mask"))
+        if pre is None:
+            return GeneTokenizer(tok, dim=cfg.dim, dtype=dtype, name="tokenizer")(*args)
+        return pre(*args, deterministic=deterministic)
+    if isinstance(tok, ImageTokenizerConfig):
+        if pre is None:
+            return ImageTokenizer(tok, dim=cfg.dim, dtype=dtype, name="tokenizer")(nodes["image"])
+        return pre(nodes["image"], deterministic=deterministic)
+    if isinstance(tok, FMRITokenizerConfig):
+        args = (nodes["signal"], nodes["xyz"], nodes.get("patch_mask"))
+        if pre is None:
+            return FMRITokenizer(tok, dim=cfg.dim, dtype=dtype, name="tokenizer")(*args)
+        return pre(*args, deterministic=deterministic)
+    raise ValueError("FIMP: config.tokenizer must be set (see jaxfm.fimp.fimp_config)")
+
+
+def _prepare_masks(h, token_mask, senders, receivers, node_mask, edge_mask):
+    """Edges into or out of padding nodes are not edges; padding nodes have no valid token."""
+    n = h.shape[0]
+    senders, receivers = jnp.asarray(senders), jnp.asarray(receivers)
+    node_mask = jnp.ones((n,), bool) if node_mask is None else jnp.asarray(node_mask, bool)
+    edge_mask = jnp.ones(senders.shape, bool) if edge_mask is None else jnp.asarray(edge_mask, bool)
+    edge_mask = edge_mask & node_mask[senders] & node_mask[receivers]
+    token_mask = token_mask & node_mask[:, None]
+    return senders, receivers, token_mask, edge_mask
 
 
 class FIMPLayer(nn.Module):
@@ -84,6 +125,7 @@ class FIMPLayer(nn.Module):
             edge_chunk_size=cfg.edge_chunk_size,
             dropout=cfg.dropout,
             dtype=dtype,
+            pretrained=cfg.pretrained,
             name=name,
         )
         is_self = senders == receivers
@@ -140,21 +182,6 @@ class FIMP(nn.Module):
 
     config: FIMPConfig
 
-    def _tokenize(self, nodes: Mapping[str, jax.Array]):
-        cfg = self.config
-        tok, dtype = cfg.tokenizer, cfg.compute_dtype
-        if isinstance(tok, GeneTokenizerConfig):
-            module = GeneTokenizer(tok, dim=cfg.dim, dtype=dtype, name="tokenizer")
-            return module(
-                nodes["gene_ids"], nodes["values"], nodes["token_mask"], nodes.get("value_mask")
-            )
-        if isinstance(tok, ImageTokenizerConfig):
-            return ImageTokenizer(tok, dim=cfg.dim, dtype=dtype, name="tokenizer")(nodes["image"])
-        if isinstance(tok, FMRITokenizerConfig):
-            module = FMRITokenizer(tok, dim=cfg.dim, dtype=dtype, name="tokenizer")
-            return module(nodes["signal"], nodes["xyz"], nodes.get("patch_mask"))
-        raise ValueError("FIMP: config.tokenizer must be set (see jaxfm.fimp.fimp_config)")
-
     @nn.compact
     def __call__(
         self,
@@ -188,16 +215,10 @@ class FIMP(nn.Module):
           senders, receivers, edge_mask ``[E]``; node_mask ``[N]``.
         """
         cfg = self.config
-        h, token_mask = self._tokenize(nodes)  # [N, L, D], [N, L]
-        n = h.shape[0]
-        senders, receivers = jnp.asarray(senders), jnp.asarray(receivers)
-        node_mask = jnp.ones((n,), bool) if node_mask is None else jnp.asarray(node_mask, bool)
-        edge_mask = (
-            jnp.ones(senders.shape, bool) if edge_mask is None else jnp.asarray(edge_mask, bool)
+        h, token_mask = tokenize_nodes(cfg, nodes, deterministic=deterministic)  # [N, L, D]
+        senders, receivers, token_mask, edge_mask = _prepare_masks(
+            h, token_mask, senders, receivers, node_mask, edge_mask
         )
-        # Edges into or out of padding nodes are not edges.
-        edge_mask = edge_mask & node_mask[senders] & node_mask[receivers]
-        token_mask = token_mask & node_mask[:, None]
         h = _zero_invalid(h.astype(cfg.compute_dtype), token_mask)
         maps = []
         for i in range(cfg.num_layers):
@@ -226,3 +247,65 @@ class FIMP(nn.Module):
         if attention_edges is not None:
             out["attention_maps"] = jnp.stack(maps)
         return out
+
+
+class ZeroShotEncoder(nn.Module):
+    """Zero-shot FIMP node embeddings from a pretrained model, with no graph training.
+
+    The pretrained tokenizer, then every pretrained encoder layer in cross-node form over the
+    whole graph (one creator, ``message``; self-loops are ordinary edges, messages averaged over
+    incoming edges), then the foundation's final LayerNorm if it has one (``final_norm``), and the
+    mean over each node's valid tokens. On a graph of self-loops only, ``tokens`` is the
+    foundation model's own output for each node (ViT ``last_hidden_state``, scGPT
+    ``encoder_output``, BrainLM's encoder on one region's tokens).
+
+    Attributes:
+      config: a FIMP config with ``pretrained`` a foundation model (see
+        :func:`jaxfm.fimp.pretrained.pretrained_fimp_config`).
+
+    Parameters: ``tokenizer``, ``message/layers_{j}``, optional ``final_norm``.
+
+    Shapes:
+      as :class:`FIMP`; returns ``tokens [N, L, D]``, ``token_mask [N, L]``,
+      ``node_embedding [N, D]``.
+    """
+
+    config: FIMPConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        nodes: Mapping[str, jax.Array],
+        senders: jax.Array,
+        receivers: jax.Array,
+        *,
+        node_mask: jax.Array | None = None,
+        edge_mask: jax.Array | None = None,
+    ) -> dict[str, Any]:
+        cfg = self.config
+        pre = cfg.pretrained
+        if pre is None or pre.foundation is None or cfg.message.kind == "attention":
+            raise ValueError("ZeroShotEncoder needs a config with a pretrained foundation model")
+        h, token_mask = tokenize_nodes(cfg, nodes)
+        senders, receivers, token_mask, edge_mask = _prepare_masks(
+            h, token_mask, senders, receivers, node_mask, edge_mask
+        )
+        h = _zero_invalid(h.astype(cfg.compute_dtype), token_mask)
+        h = MessageCreator(
+            cfg.message,
+            dim=cfg.dim,
+            aggregation=cfg.aggregation,
+            edge_chunk_size=cfg.edge_chunk_size,
+            dtype=cfg.compute_dtype,
+            pretrained=pre,
+            name="message",
+        )(h, senders, receivers, kv_mask=token_mask, edge_mask=edge_mask)
+        eps = FAMILY_SPECS[pre.family].final_norm_eps(pre.foundation)
+        if eps is not None:
+            h = nn.LayerNorm(epsilon=eps, dtype=cfg.compute_dtype, name="final_norm")(h)
+        h = _zero_invalid(h, token_mask)
+        return {
+            "tokens": h,
+            "token_mask": token_mask,
+            "node_embedding": masked_mean_pool(h, token_mask),
+        }

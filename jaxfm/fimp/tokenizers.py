@@ -8,6 +8,16 @@ Each tokenizer turns one node's raw features into a sequence of feature tokens a
 * :class:`ImageTokenizer`: ViT patches, ``W`` = ``patch_projection``, ``p_i`` = fixed 2-D sinusoid.
 * :class:`FMRITokenizer`: BrainLM patches of 20 timepoints, ``W`` = ``patch_projection``, position =
   learned XYZ projection (spatial) + fixed 1-D sinusoid (temporal), summed as in BrainLM.
+
+Pretrained variants reuse a foundation model's own embedding layer (weights grafted in by
+:mod:`jaxfm.fimp.pretrained`); the wrapped model keeps its parameter names under one submodule:
+
+* :class:`ViTPatchTokenizer` (FIMP-ViT): ``ViT.embed`` (patch conv + CLS + position embeddings),
+  parameters ``vit/embeddings/...``.
+* :class:`ScGPTTokenizer` (FIMP-scGPT): scGPT's gene encoder + value encoder (summed),
+  parameters ``scgpt/{encoder,value_encoder}/...``.
+* :class:`BrainLMTokenizer` (FIMP-BrainLM): BrainLM's patch + xyz projections + temporal PE per
+  region, parameters ``brainlm/vit/embeddings/...`` and a new ``mask_token``.
 """
 
 from __future__ import annotations
@@ -19,10 +29,26 @@ import jax
 import jax.numpy as jnp
 
 from jaxfm.fimp.config import FMRITokenizerConfig, GeneTokenizerConfig, ImageTokenizerConfig
+from jaxfm.foundation.brainlm import BrainLM, BrainLMConfig
+from jaxfm.foundation.scgpt import ScGPT, ScGPTConfig
+from jaxfm.foundation.vit import ViT, ViTConfig
 from jaxfm.nn.mlp import Mlp
 from jaxfm.nn.posenc import sinusoidal_1d, sinusoidal_2d
 
-__all__ = ["FMRITokenizer", "GeneTokenizer", "ImageTokenizer", "patchify_image", "patchify_signal"]
+__all__ = [
+    "SCGPT_MASK_VALUE",
+    "BrainLMTokenizer",
+    "FMRITokenizer",
+    "GeneTokenizer",
+    "ImageTokenizer",
+    "ScGPTTokenizer",
+    "ViTPatchTokenizer",
+    "patchify_image",
+    "patchify_signal",
+]
+
+#: The expression value scGPT feeds for a masked gene (its ``mask_value`` default, -1).
+SCGPT_MASK_VALUE = -1.0
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -223,4 +249,111 @@ class FMRITokenizer(nn.Module):
         spatial = dense("xyz_projection")(xyz)[:, None, :]  # [N, 1, D]
         temporal = jnp.asarray(sinusoidal_1d(cfg.num_patches, dim), emb.dtype)  # [P, D]
         tokens = emb + spatial + temporal
+        return tokens, jnp.ones(tokens.shape[:2], bool)
+
+
+class ViTPatchTokenizer(nn.Module):
+    """FIMP-ViT tokens: the pretrained ViT's embeddings (patch conv + CLS + position).
+
+    Attributes:
+      config: the ViT architecture (image size, patch, channels, width).
+
+    Parameters: ``vit/embeddings/{cls_token, position_embeddings, patch_embeddings/...}``.
+
+    Shapes:
+      images ``[N, H, W, C]`` (NHWC, the ViT's size) -> tokens ``[N, T, D]`` (T = patches + CLS),
+      token_mask all True.
+    """
+
+    config: ViTConfig
+
+    @nn.compact
+    def __call__(self, images, *, deterministic: bool = True):
+        del deterministic  # the ViT embeddings have no dropout
+        tokens = ViT(self.config, name="vit").embed(jnp.asarray(images))  # [N, T, D]
+        return tokens, jnp.ones(tokens.shape[:2], bool)
+
+
+class ScGPTTokenizer(nn.Module):
+    """FIMP-scGPT tokens: ``GeneEncoder(gene) + ValueEncoder(value)`` (scGPT's input embedding).
+
+    Dataset gene ids are mapped to checkpoint vocabulary ids through ``gene_vocab_ids``; a masked
+    value (``value_mask``) is fed as scGPT's mask value (-1), as in its masked-value pretraining
+    (no new parameters).
+
+    Attributes:
+      config: the scGPT architecture.
+      gene_vocab_ids: dataset gene index -> vocabulary id (``None``: ids already are).
+      mask_value: the value fed for masked genes.
+
+    Parameters: ``scgpt/encoder/{embedding, enc_norm}``, ``scgpt/value_encoder/...``.
+
+    Shapes:
+      gene_ids ``[N, L]`` int; values ``[N, L]``; token_mask ``[N, L]`` bool; value_mask
+      ``[N, L]`` bool -> tokens ``[N, L, D]`` (zero at invalid positions), token_mask.
+    """
+
+    config: ScGPTConfig
+    gene_vocab_ids: tuple[int, ...] | None = None
+    mask_value: float = SCGPT_MASK_VALUE
+
+    @nn.compact
+    def __call__(self, gene_ids, values, token_mask, value_mask=None, *, deterministic=True):
+        cfg = self.config
+        token_mask = jnp.asarray(token_mask, bool)
+        ids = jnp.where(token_mask, jnp.asarray(gene_ids), 0)
+        if self.gene_vocab_ids is not None:
+            table = jnp.asarray(self.gene_vocab_ids, jnp.int32)  # [G] dataset -> vocab
+            ids = table[ids]
+        ids = jnp.where(token_mask, ids, cfg.pad_token_id)
+        values = jnp.asarray(values, jnp.float32)
+        if value_mask is not None:
+            values = jnp.where(value_mask, jnp.float32(self.mask_value), values)
+        values = jnp.where(token_mask, values, jnp.float32(cfg.pad_value))
+        emb = ScGPT(cfg, name="scgpt").embed(ids, values, deterministic=deterministic)
+        tokens = emb["input_embeddings"]  # [N, L, D]
+        tokens = jnp.where(token_mask[..., None], tokens, jnp.zeros((), tokens.dtype))
+        return tokens, token_mask
+
+
+class BrainLMTokenizer(nn.Module):
+    """FIMP-BrainLM tokens of one region: BrainLM's patch + xyz projections + temporal PE.
+
+    A masked patch (``patch_mask``) has its signal zeroed before the projection and a learned
+    ``mask_token`` added (BrainLM drops masked tokens instead, which a per-region node sequence
+    cannot), so its token carries position (xyz, time) but no signal.
+
+    Attributes:
+      config: the BrainLM architecture.
+
+    Parameters: ``brainlm/vit/embeddings/{signal_embedding_projection, xyz_embedding_projection,
+    cls_token}`` (the CLS token is unused), ``mask_token [H]``.
+
+    Shapes:
+      signal ``[N, T]`` (T a multiple of the patch size); xyz ``[N, 3]``; patch_mask ``[N, T/P]``
+      bool -> tokens ``[N, T/P, H]``, token_mask all True.
+    """
+
+    config: BrainLMConfig
+
+    @nn.compact
+    def __call__(self, signal, xyz, patch_mask=None, *, deterministic: bool = True):
+        cfg = self.config
+        signal, xyz = jnp.asarray(signal, jnp.float32), jnp.asarray(xyz, jnp.float32)
+        p = cfg.timepoint_patching_size
+        if signal.ndim != 2 or signal.shape[1] % p:
+            raise ValueError(
+                f"BrainLMTokenizer: signal must be [N, T] with T a multiple of the checkpoint's "
+                f"timepoint_patching_size {p}, got {signal.shape}"
+            )
+        mask_token = self.param("mask_token", _EMBED_INIT, (cfg.hidden_size,))
+        if patch_mask is not None:
+            keep = ~jnp.repeat(jnp.asarray(patch_mask, bool), p, axis=1)  # [N, T]
+            signal = jnp.where(keep, signal, 0.0)
+        brainlm = BrainLM(cfg, name="brainlm")
+        # One node per region: B = N recordings of V = 1 region each.
+        tokens = brainlm.embed_tokens(signal[:, None], xyz[:, None], deterministic=deterministic)
+        tokens = tokens[:, 0]  # [N, T/P, H]
+        if patch_mask is not None:
+            tokens = tokens + jnp.where(patch_mask[..., None], mask_token, 0.0)
         return tokens, jnp.ones(tokens.shape[:2], bool)

@@ -18,9 +18,12 @@ import jax
 import jax.numpy as jnp
 import jraph
 import numpy as np
+import optax
 
 from jaxfm.baselines import NodeMLP
-from jaxfm.fimp.config import VARIANTS, FIMPConfig, fimp_config
+from jaxfm.fimp import pretrained as P
+from jaxfm.fimp.config import VARIANTS, FIMPConfig, PretrainedConfig, fimp_config
+from jaxfm.fimp.genept import GeneTable, match_gene_table, read_gene_table
 from jaxfm.fimp.serialization import config_from_dict, config_to_dict
 from jaxfm.fimp.tasks import FIMPTaskModel, loss_and_metrics
 from jaxfm.graph import (
@@ -37,8 +40,17 @@ from jaxfm.ops import metrics as M
 from jaxfm.train.fimp_data import DataOptions, FIMPData, prepare_fimp_data
 from jaxfm.train.loop import EarlyStopping, TrainState, fit, make_train_step
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
+from jaxfm.train.param_rules import label_params
 
-__all__ = ["RunConfig", "evaluate_split", "load_fimp", "train_fimp"]
+__all__ = [
+    "RunConfig",
+    "data_options_for",
+    "evaluate_split",
+    "load_fimp",
+    "load_pretrained_source",
+    "pretrained_setup",
+    "train_fimp",
+]
 
 _MONITOR = {
     "expression": ("mse", "min"),
@@ -65,6 +77,12 @@ class RunConfig:
       max_neighbors: per-hop neighbour sampling cap (``None``: all neighbours).
       seed: parameter-init / dropout / batch-order seed.
       save_dir: write the best model here (atomic); ``output_json``: write the results here.
+      init: ``"scratch"`` (FIMP-base) or a pretrained variant: ``vit``, ``scgpt``, ``brainlm``
+        (``checkpoint`` = a ``jaxfm convert`` output directory) or ``genept`` (``checkpoint`` =
+        a gene-embedding table file, see :mod:`jaxfm.fimp.genept`).
+      checkpoint: the pretrained source of ``init``.
+      freeze_pretrained: keep the grafted pretrained parameters fixed (zero updates).
+      pretrained_layers: use only the first k encoder layers as the message creator.
     """
 
     task: str
@@ -83,8 +101,20 @@ class RunConfig:
     seed: int = 0
     save_dir: str | None = None
     output_json: str | None = None
+    init: str = "scratch"
+    checkpoint: str | None = None
+    freeze_pretrained: bool = False
+    pretrained_layers: int | None = None
 
     def __post_init__(self):
+        if self.init not in P.INIT_CHOICES:
+            raise ValueError(f"init must be one of {P.INIT_CHOICES}, got {self.init!r}")
+        if self.init != "scratch" and not self.checkpoint:
+            raise ValueError(f"--init {self.init} needs --checkpoint (a pretrained source)")
+        if self.init == "scratch" and (self.checkpoint or self.freeze_pretrained):
+            raise ValueError("--checkpoint / --freeze-pretrained need --init other than scratch")
+        if self.init != "scratch" and self.model != "fimp":
+            raise ValueError("--init applies to FIMP models only (not the mlp baseline)")
         if self.model not in ("fimp", "mlp"):
             raise ValueError(f"model must be 'fimp' or 'mlp', got {self.model!r}")
         if self.model == "mlp" and self.save_dir:
@@ -259,7 +289,107 @@ def evaluate_split(predict, params, batches: _Batches, task: str) -> dict[str, f
 
 
 def build_config(run: RunConfig, data: FIMPData) -> FIMPConfig:
+    """The scratch FIMP config of ``run`` for ``data`` (see :func:`pretrained_setup` for
+    pretrained variants)."""
     return fimp_config(run.variant, tokenizer=data.tokenizer, **run.overrides)
+
+
+def load_pretrained_source(init: str, checkpoint: str | None):
+    """``None`` (scratch), a :class:`~jaxfm.fimp.pretrained.FoundationCheckpoint` or a
+    :class:`~jaxfm.fimp.genept.GeneTable`."""
+    if init == "scratch":
+        return None
+    if init == "genept":
+        return read_gene_table(checkpoint)
+    source = P.load_foundation(checkpoint, family=init)
+    if init == "scgpt" and source.vocab is None:
+        raise ValueError(
+            f"--checkpoint {checkpoint}: an scGPT model directory needs its vocab.json (written "
+            "by `jaxfm convert scgpt`) to map the dataset's gene symbols"
+        )
+    return source
+
+
+def data_options_for(source, data: str, opts: DataOptions) -> DataOptions:
+    """Adapts synthetic-data options to a checkpoint (ViT image size, BrainLM patch length)."""
+    if isinstance(source, P.FoundationCheckpoint) and source.family == "vit":
+        h, w = source.config.image_size
+        if data == "synthetic" and opts.image_size is None and h == w:
+            opts = dataclasses.replace(opts, image_size=h)
+    if isinstance(source, P.FoundationCheckpoint) and source.family == "brainlm":
+        p = source.config.timepoint_patching_size
+        opts = dataclasses.replace(opts, fmri_patch_size=p)
+        if data == "synthetic" and opts.num_timepoints % p:
+            step = np.lcm(20, p)  # synthetic recordings come in multiples of 20 timepoints
+            opts = dataclasses.replace(
+                opts, num_timepoints=int(step * -(-opts.num_timepoints // step))
+            )
+    return opts
+
+
+def pretrained_setup(
+    base: FIMPConfig,
+    source,
+    data: FIMPData,
+    *,
+    num_layers: int | None = None,
+    zero_shot: bool = False,
+) -> tuple[FIMPConfig, dict[str, Any], list[tuple[str, str]], dict[str, Any]]:
+    """The pretrained variant of ``base`` and what to graft into it.
+
+    Args:
+      base: the scratch config (its tokenizer is the data's).
+      source: from :func:`load_pretrained_source` (not ``None``).
+      data: the prepared data (gene names / vocabulary ids in its metadata).
+      num_layers: message-creator layers (default: all encoder layers).
+      zero_shot: pairs for :class:`~jaxfm.fimp.model.ZeroShotEncoder` instead of the task model.
+
+    Returns:
+      ``(config, flat pretrained tensors, graft pairs, report)``.
+    """
+    if isinstance(source, GeneTable):
+        P.check_tokenizer(PretrainedConfig(family="genept"), base.tokenizer)
+        match = match_gene_table(source, data.metadata["gene_names"])
+        tokenizer = dataclasses.replace(base.tokenizer, gene_embedding_dim=source.dim)
+        cfg = dataclasses.replace(
+            base,
+            tokenizer=tokenizer,
+            pretrained=PretrainedConfig(family="genept", source=source.path),
+        )
+        pairs = P.graft_pairs("genept", tokenizer="fimp/tokenizer")
+        report = {"family": "genept", "checkpoint": source.path, "genes": match.report()}
+        return cfg, {"gene_embedding/embedding": match.table}, pairs, report
+    vocab_ids = data.metadata.get("gene_vocab_ids") if source.family == "scgpt" else None
+    pre = PretrainedConfig(
+        family=source.family,
+        foundation=source.config,
+        gene_vocab_ids=None if vocab_ids is None else tuple(vocab_ids),
+        source=source.path,
+    )
+    cfg = P.pretrained_fimp_config(base, pre, num_message_layers=num_layers)
+    n = cfg.message.num_layers
+    if zero_shot:
+        spec = P.FAMILY_SPECS[source.family]
+        norm = "final_norm" if spec.final_norm_eps(source.config) is not None else None
+        pairs = P.graft_pairs(source.family, creators=["message"], num_layers=n, final_norm=norm)
+    else:
+        creators = [f"fimp/layers_{i}/message" for i in range(cfg.num_layers)]
+        if cfg.separate_self:
+            creators += [f"fimp/layers_{i}/self_message" for i in range(cfg.num_layers)]
+        pairs = P.graft_pairs(
+            source.family, tokenizer="fimp/tokenizer", creators=creators, num_layers=n
+        )
+    report = {"family": source.family, "checkpoint": source.path, "message_layers": n}
+    if "gene_mapping" in data.metadata:
+        report["genes"] = data.metadata["gene_mapping"]
+    return cfg, source.params, pairs, report
+
+
+def _freeze(optimizer, params, pairs):
+    labels = label_params(
+        params, [(rx, "frozen") for rx in P.pretrained_path_rules(pairs)], default="train"
+    )
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
 
 
 def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) -> dict[str, Any]:
@@ -270,8 +400,18 @@ def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) 
       "num_params", "seconds"}``; the test metrics use the best-validation parameters.
     """
     t0 = time.perf_counter()
-    data = prepare_fimp_data(run.task, run.data, run.data_options)
+    source = load_pretrained_source(run.init, run.checkpoint)
+    opts = data_options_for(source, run.data, run.data_options)
+    vocab = getattr(source, "vocab", None) if run.init == "scgpt" else None
+    data = prepare_fimp_data(run.task, run.data, opts, gene_vocab=vocab)
     cfg = build_config(run, data)
+    pre_tensors, pairs, pre_report = None, [], None
+    if source is not None:
+        if "dim" in run.overrides and run.init != "genept":
+            raise ValueError(f"--dim cannot be set with --init {run.init}: the checkpoint sets it")
+        cfg, pre_tensors, pairs, pre_report = pretrained_setup(
+            cfg, source, data, num_layers=run.pretrained_layers
+        )
     if run.model == "fimp":
         model, hops = FIMPTaskModel(cfg, run.task, data.num_classes), cfg.num_layers
     else:
@@ -298,12 +438,22 @@ def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) 
         node_mask=node_mask(first),
         edge_mask=edge_mask(first),
     )["params"]
+    if pre_tensors is not None:
+        params, graft_report = P.graft(params, pre_tensors, pairs)
+        params = jax.tree.map(jnp.asarray, params)
+        pre_report = {
+            **pre_report,
+            **graft_report.summary(),
+            "frozen": run.freeze_pretrained,
+        }
     num_params = int(sum(x.size for x in jax.tree.leaves(params)))
     steps_per_epoch = sum(1 for _ in train_b.epoch(0))
     opt_cfg = run.optimizer
     if opt_cfg.schedule == "warmup_cosine":
         opt_cfg = dataclasses.replace(opt_cfg, total_steps=steps_per_epoch * run.epochs)
     optimizer = make_optimizer(opt_cfg)
+    if run.freeze_pretrained:
+        optimizer = _freeze(optimizer, params, pairs)
     state = TrainState.create(params, optimizer)
     train_step = make_train_step(
         _make_loss_fn(model, run.task, run.data_options.mask_rate), optimizer
@@ -329,6 +479,8 @@ def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) 
         "data": run.data,
         "dataset": data.metadata.get("dataset"),
         "variant": run.variant,
+        "init": run.init,
+        "pretrained": pre_report,
         "config": config_to_dict(cfg),
         "num_params": num_params,
         "num_nodes": int(sum(int(g.n_node.sum()) for g in data.graphs)),
@@ -351,7 +503,7 @@ def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) 
                 "fimp": config_to_dict(cfg),
                 "metadata": data.metadata,
                 "data": run.data,
-                "data_options": dataclasses.asdict(run.data_options),
+                "data_options": dataclasses.asdict(opts),
             },
         )
     if run.output_json:

@@ -18,7 +18,9 @@ import scipy.sparse as sp
 
 from jaxfm.data import (
     GeoImageDataset,
+    SpatialDataset,
     load_spatial,
+    map_gene_symbols,
     mask_values,
     read_a424_coordinates,
     sample_expressed_genes,
@@ -61,6 +63,8 @@ class DataOptions:
       num_timepoints: fMRI timepoints per recording (multiple of 20) for synthetic recordings.
       num_recordings: synthetic fMRI recordings.
       num_nodes: synthetic node count (cells / images).
+      image_size: side of synthetic images (``None``: 16; a pretrained ViT needs its own size).
+      fmri_patch_size: timepoints per fMRI token (a pretrained BrainLM needs its own).
       split: train/val/test fractions.
       seed: data seed (sampling, masks, splits).
     """
@@ -73,6 +77,8 @@ class DataOptions:
     num_timepoints: int = 160
     num_recordings: int = 60
     num_nodes: int = 1200
+    image_size: int | None = None
+    fmri_patch_size: int = 20
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     seed: int = 0
 
@@ -81,7 +87,16 @@ class DataOptions:
             raise ValueError(f"graph must be 'file', 'knn' or 'none', got {self.graph!r}")
         if not 0.0 < self.mask_rate < 1.0:
             raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
-        for name in ("max_genes", "knn", "num_timepoints", "num_recordings", "num_nodes"):
+        if self.image_size is not None and self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        for name in (
+            "max_genes",
+            "knn",
+            "num_timepoints",
+            "num_recordings",
+            "num_nodes",
+            "fmri_patch_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -132,11 +147,53 @@ def _edges_from_adjacency(adjacency: sp.spmatrix | None, coords, opts: DataOptio
     return knn_graph(coords, min(opts.knn, n - 1))
 
 
-def _spatial(task: str, data: str, opts: DataOptions) -> FIMPData:
+def _restrict_to_vocab(ds: SpatialDataset, vocab, synthetic: bool) -> tuple[SpatialDataset, dict]:
+    """Keeps the genes a checkpoint vocabulary knows (scGPT); returns the mapping report.
+
+    Unmapped genes are dropped from the expression matrix, hence from every cell's token set.
+    Synthetic genes (``gene_000``, ...) take the names of the vocabulary's first gene symbols (not
+    ``<special>`` tokens), so the built-in data can exercise a pretrained gene table.
+    """
+    genes = [str(g) for g in ds.gene_names]
+    if synthetic:
+        symbols = sorted((s for s in vocab if not s.startswith("<")), key=lambda s: vocab[s])
+        if len(symbols) < len(genes):
+            raise ValueError(f"the vocabulary has {len(symbols)} genes, fewer than {len(genes)}")
+        genes = symbols[: len(genes)]
+    ids, unmapped = map_gene_symbols(genes, vocab, missing_id=-1)
+    keep = ids >= 0
+    if not keep.any():
+        raise ValueError(
+            f"{ds.name}: none of its {len(genes)} genes is in the checkpoint vocabulary "
+            f"(e.g. {genes[:3]})"
+        )
+    expression = ds.expression[:, keep]
+    empty = int((expression.sum(axis=1) <= 0).sum())
+    if empty:
+        raise ValueError(
+            f"{ds.name}: {empty} cells express none of the {int(keep.sum())} genes in the "
+            f"checkpoint vocabulary ({len(unmapped)} unmapped genes dropped)"
+        )
+    report = {
+        "genes": len(genes),
+        "mapped": int(keep.sum()),
+        "unmapped": len(unmapped),
+        "unmapped_genes": unmapped[:20],
+        "unmapped_policy": "dropped from the token set",
+    }
+    kept_names = np.asarray(genes)[keep]
+    ds = dataclasses.replace(ds, expression=expression, gene_names=kept_names)
+    return ds, {"gene_vocab_ids": [int(i) for i in ids[keep]], "gene_mapping": report}
+
+
+def _spatial(task: str, data: str, opts: DataOptions, gene_vocab=None) -> FIMPData:
     if data == SYNTHETIC:
         ds = synthetic_spatial(num_cells=opts.num_nodes, seed=opts.seed, k=opts.knn)
     else:
         ds = load_spatial(data, graph="knn" if opts.graph == "knn" else "file", k=opts.knn)
+    vocab_meta = {}
+    if gene_vocab is not None:
+        ds, vocab_meta = _restrict_to_vocab(ds, gene_vocab, synthetic=data == SYNTHETIC)
     rng = np.random.default_rng(opts.seed)
     gene_ids, values, token_mask = sample_expressed_genes(ds.expression, opts.max_genes, rng=rng)
     width = int(token_mask.sum(1).max())  # L: no all-padding token columns (e.g. 33-gene panels)
@@ -167,6 +224,7 @@ def _spatial(task: str, data: str, opts: DataOptions) -> FIMPData:
         "gene_names": [str(g) for g in ds.gene_names],
         "label_names": [str(x) for x in ds.label_names] if ds.label_names is not None else None,
         "num_edges": int(graph.senders.shape[0]),
+        **vocab_meta,
     }
     return FIMPData(
         task=task,
@@ -201,7 +259,8 @@ def _load_image_npz(path: str) -> GeoImageDataset:
 
 def _images(data: str, opts: DataOptions) -> FIMPData:
     if data == SYNTHETIC:
-        ds = synthetic_images(num_nodes=opts.num_nodes, seed=opts.seed, k=opts.knn)
+        size = {} if opts.image_size is None else {"image_size": opts.image_size}
+        ds = synthetic_images(num_nodes=opts.num_nodes, seed=opts.seed, k=opts.knn, **size)
     else:
         ds = _load_image_npz(data)
     if not np.isfinite(ds.images).all():
@@ -260,13 +319,14 @@ def _fmri(data: str, opts: DataOptions) -> FIMPData:
             signals, coords = f["signals"].astype(np.float32), f["coords"].astype(np.float32)
         name = Path(data).stem
     r, v, t = signals.shape
+    p = opts.fmri_patch_size
     if coords.shape != (v, 3):
         raise ValueError(f"{name}: coords must be [{v}, 3] to match signals {signals.shape}")
-    if t % 20:
-        raise ValueError(f"{name}: timepoints per recording must be a multiple of 20, got {t}")
+    if t % p:
+        raise ValueError(f"{name}: timepoints per recording must be a multiple of {p}, got {t}")
     if not np.isfinite(signals).all():
         raise ValueError(f"{name}: signals contain NaN/inf")
-    tok = FMRITokenizerConfig(patch_size=20, num_patches=t // 20)
+    tok = FMRITokenizerConfig(patch_size=p, num_patches=t // p)
     rng = np.random.default_rng(opts.seed)
     if opts.graph == "none":
         senders, receivers = np.zeros(0, np.int32), np.zeros(0, np.int32)
@@ -274,7 +334,7 @@ def _fmri(data: str, opts: DataOptions) -> FIMPData:
         senders, receivers = knn_graph(coords, opts.knn)
     graphs = []
     for i in range(r):
-        patch_mask = mask_values(np.ones((v, t // 20), bool), opts.mask_rate, rng=rng)
+        patch_mask = mask_values(np.ones((v, t // p), bool), opts.mask_rate, rng=rng)
         nodes = {
             "signal": signals[i],
             "xyz": np.broadcast_to(coords, (v, 3)).astype(np.float32),
@@ -291,7 +351,9 @@ def _fmri(data: str, opts: DataOptions) -> FIMPData:
     )
 
 
-def prepare_fimp_data(task: str, data: str, opts: DataOptions | None = None) -> FIMPData:
+def prepare_fimp_data(
+    task: str, data: str, opts: DataOptions | None = None, *, gene_vocab=None
+) -> FIMPData:
     """Loads ``data`` (a file path or ``"synthetic"``) for FIMP ``task``.
 
     Args:
@@ -300,6 +362,9 @@ def prepare_fimp_data(task: str, data: str, opts: DataOptions | None = None) -> 
         ``fmri`` (``.npz`` with ``signals [R,V,T]``, ``coords [V,3]``).
       data: path, or ``"synthetic"`` for the built-in generators.
       opts: see :class:`DataOptions`.
+      gene_vocab: gene symbol -> id of a pretrained checkpoint (scGPT): genes it lacks are
+        dropped; ``metadata`` gets ``gene_vocab_ids`` (kept gene -> vocabulary id) and the
+        ``gene_mapping`` counts.
 
     Raises:
       FileNotFoundError / ValueError: naming the file and what was expected.
@@ -308,7 +373,7 @@ def prepare_fimp_data(task: str, data: str, opts: DataOptions | None = None) -> 
     if data != SYNTHETIC and not Path(data).exists():
         raise FileNotFoundError(f"--data {data}: no such file (or pass 'synthetic')")
     if task in ("expression", "celltype"):
-        return _spatial(task, data, opts)
+        return _spatial(task, data, opts, gene_vocab)
     if task == "image":
         return _images(data, opts)
     if task == "fmri":
