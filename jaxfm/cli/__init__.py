@@ -5,7 +5,8 @@ jaxfm fimp attention-map --model DIR --out DIR [...]
 jaxfm convert {vit,scgpt,brainlm} SRC OUT [--verify GOLDEN.npz]
 jaxfm pretrain [--config NAME] [--data PATH ...] [--steps N] [--workdir DIR] [--resume]
 jaxfm finetune --mode {mft,nft} --checkpoint DIR --dataset PATH [--output-json FILE]
-jaxfm embed --checkpoint DIR --dataset PATH --out FILE.npy
+jaxfm embed --checkpoint DIR --dataset PATH --out FILE.npy              (GraphFM)
+jaxfm embed --model fimp-vit --checkpoint OUT --data PATH --out FILE.npy (zero-shot FIMP)
 jaxfm graphfm summary --config NAME
 """
 
@@ -47,7 +48,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _route_embed(argv: list[str]) -> list[str]:
+    """`jaxfm embed --model fimp-*` is `jaxfm fimp embed` (zero-shot FIMP); default: GraphFM."""
+    if not argv or argv[0] != "embed":
+        return argv
+    rest = argv[1:]
+    model = next(
+        (rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--model"),
+        next((a.split("=", 1)[1] for a in rest if a.startswith("--model=")), "graphfm"),
+    )
+    if not model.startswith("fimp-"):
+        return ["embed"] + [a for a in rest if a not in ("--model", "graphfm", "--model=graphfm")]
+    return ["fimp", "embed"] + ["--data" if a == "--dataset" else a for a in rest]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _route_embed(list(sys.argv[1:] if argv is None else argv))
     args = _parser().parse_args(argv)
     try:
         return args.func(args)

@@ -141,7 +141,11 @@ def add_parsers(sub) -> None:
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=_finetune)
 
-    e = sub.add_parser("embed", help="node embeddings of a graph from a pretrained GraphFM")
+    e = sub.add_parser(
+        "embed",
+        help="node embeddings of a graph from a pretrained GraphFM (with --model "
+        "fimp-vit|fimp-scgpt|fimp-brainlm: zero-shot FIMP, see `jaxfm fimp embed -h`)",
+    )
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--dataset", required=True)
     e.add_argument("--out", required=True, help="output .npy ([N, D] float32)")
