@@ -4,6 +4,7 @@ from jaxfm.graphfm.batch import PackedBatch, check_packed_batch
 from jaxfm.graphfm.config import VARIANTS, DatasetSpec, GraphFMConfig, graphfm_config
 from jaxfm.graphfm.losses import loss_and_metrics
 from jaxfm.graphfm.model import DATASET_SPECIFIC, GraphFM
+from jaxfm.graphfm.summary import format_summary, parameter_summary
 
 __all__ = [
     "DATASET_SPECIFIC",
@@ -13,6 +14,8 @@ __all__ = [
     "GraphFMConfig",
     "PackedBatch",
     "check_packed_batch",
+    "format_summary",
     "graphfm_config",
     "loss_and_metrics",
+    "parameter_summary",
 ]

@@ -17,10 +17,20 @@ NEG_INF = -1e9
 
 
 class DatasetHeads(nn.Module):
-    """Parameters (leading axis S): ``kernel [S, D, C]``, ``bias [S, C]``, ``reg_kernel [S, D]``,
-    ``reg_bias [S]``.
+    """Per-dataset linear classifiers and regressors (float32), selected per row.
 
-    Shapes: h ``[Q, D]``, dataset ``[Q]`` -> logits ``[Q, C]``, prediction ``[Q]``.
+    ``logits[q] = h[q] @ kernel[s] + bias[s]`` with ``s = dataset[q]``, entries ``c >=
+    num_classes[s]`` set to :data:`NEG_INF`; ``prediction[q] = h[q] . reg_kernel[s] +
+    reg_bias[s]`` (used for regression datasets, ignored for the others).
+
+    Attributes:
+      num_classes: classes of each of the S datasets (C = max, at least 1).
+
+    Parameters (dataset-specific, leading axis S): ``kernel [S, D, C]``, ``bias [S, C]``,
+    ``reg_kernel [S, D]``, ``reg_bias [S]``.
+
+    Shapes:
+      h ``[Q, D]``, dataset ``[Q]`` -> logits ``[Q, C]``, prediction ``[Q]``.
     """
 
     num_classes: tuple[int, ...]

@@ -21,7 +21,23 @@ __all__ = ["loss_and_metrics"]
 
 
 def loss_and_metrics(outputs: dict, batch: PackedBatch, config: GraphFMConfig):
-    """``(loss, metrics)`` for one packed bucket (see module docstring)."""
+    """``(loss, metrics)`` for one packed bucket (see the module docstring).
+
+    Args:
+      outputs: :class:`~jaxfm.graphfm.model.GraphFM` outputs (``logits``, ``prediction``, and
+        ``graph_logits`` when the graph decoder is on).
+      batch: the packed batch (``target_loss_mask``, labels, values, graph labels).
+      config: the model config (its dataset table says which datasets are regression sets).
+
+    Returns:
+      ``loss`` (scalar float32) and ``metrics``: ``correct``, ``count`` (classification
+      targets in the loss), ``sse``, ``reg_count``, ``dataset_correct [S]``,
+      ``dataset_count [S]`` and, with graph logits, ``graph_correct``, ``graph_count``. All are
+      sums, so they add across buckets and steps.
+
+    Shapes:
+      logits ``[Q, C]``, prediction ``[Q]``, graph_logits ``[G, C]``.
+    """
     s = len(config.datasets)
     is_reg = jnp.asarray(np.array([d.task == "regression" for d in config.datasets]))
     ds = batch.target_dataset

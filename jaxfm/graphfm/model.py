@@ -18,8 +18,9 @@ import jax.numpy as jnp
 
 from jaxfm.graphfm.batch import PackedBatch
 from jaxfm.graphfm.config import GraphFMConfig
-from jaxfm.graphfm.decoder import GraphDecoder, NodeDecoder
+from jaxfm.graphfm.decoder import NodeDecoder
 from jaxfm.graphfm.encoder import PerceiverEncoder
+from jaxfm.graphfm.graph_decoder import GraphDecoder
 from jaxfm.graphfm.heads import DatasetHeads
 from jaxfm.graphfm.tokens import NodeTokenizer
 
@@ -29,7 +30,16 @@ DATASET_SPECIFIC = ("^tokenizer/feature_mlp/", "^heads/", "^graph_heads/")
 
 
 class GraphFM(nn.Module):
-    """GraphFM (see module docstring). ``config.datasets`` must be non-empty."""
+    """GraphFM (see the module docstring). ``config.datasets`` must be non-empty.
+
+    Parameters are float32; the compute dtype is ``config.dtype`` (float32 or bfloat16); the heads
+    and every returned array are float32.
+
+    Shapes:
+      batch: a :class:`~jaxfm.graphfm.batch.PackedBatch` with T rows, G slots, Q targets ->
+      ``tokens [T, D]``, ``latents [G, K, D]``, ``node_embedding [Q, D]``, ``logits [Q, C]``,
+      ``prediction [Q]``, ``graph_logits [G, C]`` (graph decoder on).
+    """
 
     config: GraphFMConfig
 
@@ -38,13 +48,13 @@ class GraphFM(nn.Module):
         if not cfg.datasets:
             raise ValueError("GraphFM: config.datasets is empty (the per-dataset table)")
         dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-        impl = None if cfg.attention in ("auto", "segment") else cfg.attention
         self.tokenizer = NodeTokenizer(
             num_datasets=len(cfg.datasets),
             dim=cfg.dim,
             pe_width=cfg.pe_channels,
             feature_hidden=cfg.hidden_features,
             signnet_hidden=cfg.signnet_hidden,
+            feature_mlp=cfg.feature_mlp,
             dtype=dtype,
         )
         self.encoder = PerceiverEncoder(
@@ -55,8 +65,9 @@ class GraphFM(nn.Module):
             mlp_ratio=cfg.mlp_ratio,
             dropout=cfg.dropout,
             eps=cfg.layer_norm_eps,
+            attention=cfg.attention,
+            bucket_nodes=cfg.bucket_nodes,
             dtype=dtype,
-            implementation=impl,
         )
         self.decoder = NodeDecoder(
             depth=cfg.decoder_depth,
@@ -75,20 +86,34 @@ class GraphFM(nn.Module):
             self.graph_heads = DatasetHeads(classes)
 
     def _tokens(self, batch: PackedBatch):
-        return self.tokenizer(batch.features, batch.pe, batch.group_sizes, batch.segment_ids > 0)
-
-    def encode(self, batch: PackedBatch, *, deterministic: bool = True):
-        """Per-graph latents ``[G, K, D]``."""
-        tokens = self._tokens(batch)
-        return self.encoder(
-            tokens, batch.segment_ids, batch.graph_mask, deterministic=deterministic
+        return self.tokenizer(
+            batch.features,
+            batch.pe,
+            batch.group_sizes,
+            batch.segment_ids,
+            num_graphs=batch.num_graph_slots,
         )
 
-    def embed(self, batch: PackedBatch):
-        """Node embeddings ``[Q, D]`` (float32) of the batch's targets."""
-        return self(batch)["node_embedding"]
+    def encode(self, batch: PackedBatch, *, deterministic: bool = True):
+        """Per-graph latents ``[G, K, D]`` (float32; zeros for unused slots)."""
+        tokens = self._tokens(batch)
+        latents = self.encoder(
+            tokens, batch.segment_ids, batch.graph_mask, deterministic=deterministic
+        )
+        return latents.astype(jnp.float32)
+
+    def embed(self, batch: PackedBatch, *, deterministic: bool = True):
+        """Node embeddings ``[Q, D]`` (float32) of the batch's targets (no heads run)."""
+        tokens = self._tokens(batch)
+        latents = self.encoder(
+            tokens, batch.segment_ids, batch.graph_mask, deterministic=deterministic
+        )
+        h = self.decoder(tokens, latents, batch, deterministic=deterministic)
+        return h.astype(jnp.float32)
 
     def __call__(self, batch: PackedBatch, *, deterministic: bool = True):
+        """All outputs (see the module docstring); ``deterministic=False`` needs a
+        ``"dropout"`` rng when ``config.dropout > 0``."""
         tokens = self._tokens(batch)
         latents = self.encoder(
             tokens, batch.segment_ids, batch.graph_mask, deterministic=deterministic
