@@ -10,8 +10,8 @@ Steps:
    (matched by name, including their copies in other collections), plus synthetic SBM graphs.
 2. For each evaluation graph: MFT and NFT from that checkpoint, and a GCN and an MLP, all on the
    same splits (the public ones where the file has them, else seeded 60/20/20).
-3. Writes ``experiments/results/graphfm_eval/{results.json,results.md,accuracy.png}`` with the
-   paper's numbers (GraphFM Table A6, 75M model) beside ours.
+3. Writes ``experiments/results/<out-name>/{results.json,results.md,accuracy.png}`` with the
+   paper's numbers (GraphFM Table A6, 75M model) beside ours, after each graph.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "datasets"
-OUT = REPO / "experiments" / "results" / "graphfm_eval"
 
 # Evaluation graphs: registry-relative path and every name under which the same graph (or a
 # filtered/directed variant of it) appears in ../shared/datasets — all kept out of pretraining.
@@ -60,7 +59,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny budgets, one split (smoke run)")
     ap.add_argument("--steps", type=int, default=600, help="pretraining steps")
     ap.add_argument("--epochs", type=int, default=15, help="finetuning epochs")
-    ap.add_argument("--batch-targets", type=int, default=2048, help="nodes decoded per step")
+    ap.add_argument(
+        "--batch-targets",
+        type=int,
+        default=2048,
+        help="max nodes decoded per step (at least 8 steps per epoch on small graphs)",
+    )
+    ap.add_argument("--lr", type=float, default=3e-3, help="finetuning lr (AdamW, all datasets)")
+    ap.add_argument("--out-name", default="graphfm_eval", help="results folder name")
     ap.add_argument("--splits", default="0,1,2", help="splits per evaluation graph ('all')")
     ap.add_argument("--datasets", default=",".join(EVAL), help="subset of the evaluation graphs")
     ap.add_argument("--workdir", default=str(REPO / "runs" / "graphfm_eval"))
@@ -108,6 +114,8 @@ def main(argv=None) -> int:
     for name in args.datasets.split(","):
         path = SHARED / EVAL[name]
         ds = load_dataset(path)
+        n_train = int(ds.splits[0].train.sum()) if ds.splits else int(0.6 * ds.num_nodes)
+        batch_targets = int(min(args.batch_targets, max(128, n_train // 8)))
         res = {}
         for mode in ("mft", "nft"):
             t = time.perf_counter()
@@ -119,7 +127,8 @@ def main(argv=None) -> int:
                     splits=splits,
                     num_random_splits=3,
                     epochs=epochs,
-                    batch_targets=args.batch_targets,
+                    batch_targets=batch_targets,
+                    learning_rate=args.lr,
                     unfreeze_start=max(epochs // 3, 1),
                     unfreeze_every=max(epochs // 6, 1),
                 )
@@ -138,16 +147,16 @@ def main(argv=None) -> int:
             timings[f"{name}_{model}_s"] = round(time.perf_counter() - t, 1)
         rows[name] = res
         print(json.dumps({name: {k: _fmt(v) for k, v in res.items()}}), flush=True)
-        lines = _write(rows, timings, args)
+        lines = _write(rows, timings, args, REPO / "experiments" / "results" / args.out_name)
 
     print("\n".join(lines))
     print(json.dumps({"total_seconds": round(time.perf_counter() - t0, 1)}))
     return 0
 
 
-def _write(rows: dict, timings: dict, args) -> list[str]:
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(
+def _write(rows: dict, timings: dict, args, out: Path) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(
         json.dumps({"results": rows, "timings": timings, "args": vars(args)}, indent=2)
     )
     lines = [
@@ -159,8 +168,8 @@ def _write(rows: dict, timings: dict, args) -> list[str]:
         ours = [_fmt(res[m]) for m in ("GCN", "MLP", "MFT", "NFT")]
         paper = [PAPER[name][m] for m in ("GCN", "MLP", "MFT", "NFT")]
         lines.append(f"| {name} | " + " | ".join(ours + paper) + " |")
-    (OUT / "results.md").write_text("\n".join(lines) + "\n")
-    _plot(rows, OUT / "accuracy.png")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, out / "accuracy.png")
     return lines
 
 
