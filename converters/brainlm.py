@@ -39,9 +39,10 @@ from converters.mapping import (
     Rule,
     apply_rules,
     conv2d_to_flax,
+    layer_norm_rules,
+    linear_rules,
     linear_to_heads,
     strict_merge,
-    transpose,
 )
 from converters.verify import VerifyRow, compare
 from jaxfm.foundation.brainlm import BrainLM, BrainLMConfig, temporal_encoding
@@ -141,19 +142,6 @@ def tolerance(name: str) -> tuple[float, float] | None:
 # ----------------------------------------------------------------------------- rules
 
 
-def _ln(src: str, dst: str) -> list[Rule]:
-    """PyTorch LayerNorm ``weight``/``bias`` -> Flax ``scale``/``bias``."""
-    return [Rule(rf"{src}\.weight", f"{dst}/scale"), Rule(rf"{src}\.bias", f"{dst}/bias")]
-
-
-def _linear(src: str, dst: str) -> list[Rule]:
-    """PyTorch Linear ``weight [out, in]``/``bias`` -> Dense ``kernel [in, out]``/``bias``."""
-    return [
-        Rule(rf"{src}\.weight", f"{dst}/kernel", transpose),
-        Rule(rf"{src}\.bias", f"{dst}/bias"),
-    ]
-
-
 def _layer_rules(src: str, dst: str, num_heads: int) -> list[Rule]:
     """A transformers ``NystromformerLayer``; ``src`` has the layer index as group 1."""
     heads_in, heads_out = linear_to_heads(num_heads, "in"), linear_to_heads(num_heads, "out")
@@ -179,10 +167,12 @@ def _layer_rules(src: str, dst: str, num_heads: int) -> list[Rule]:
             heads_out,
         ),
         Rule(src + r"attention\.output\.dense\.bias", dst + "attention/output/dense/bias"),
-        *_ln(src + r"attention\.output\.LayerNorm", dst + "attention/output/LayerNorm"),
-        *_linear(src + r"intermediate\.dense", dst + "intermediate/dense"),
-        *_linear(src + r"output\.dense", dst + "output/dense"),
-        *_ln(src + r"output\.LayerNorm", dst + "output/LayerNorm"),
+        *layer_norm_rules(
+            src + r"attention\.output\.LayerNorm", dst + "attention/output/LayerNorm"
+        ),
+        *linear_rules(src + r"intermediate\.dense", dst + "intermediate/dense"),
+        *linear_rules(src + r"output\.dense", dst + "output/dense"),
+        *layer_norm_rules(src + r"output\.LayerNorm", dst + "output/LayerNorm"),
     ]
 
 
@@ -195,24 +185,24 @@ def build_rules(num_heads: int, decoder_num_heads: int) -> list[Rule]:
     """
     return [
         Rule(r"vit\.embeddings\.cls_token", "vit/embeddings/cls_token"),
-        *_linear(
+        *linear_rules(
             r"vit\.embeddings\.signal_embedding_projection",
             "vit/embeddings/signal_embedding_projection",
         ),
-        *_linear(
+        *linear_rules(
             r"vit\.embeddings\.xyz_embedding_projection", "vit/embeddings/xyz_embedding_projection"
         ),
         *_layer_rules(r"vit\.encoder\.layer\.(\d+)\.", r"vit/encoder/layer_\1/", num_heads),
-        *_ln(r"vit\.layernorm", "vit/layernorm"),
+        *layer_norm_rules(r"vit\.layernorm", "vit/layernorm"),
         Rule(r"decoder\.mask_token", "decoder/mask_token"),
-        *_linear(r"decoder\.decoder_embed", "decoder/decoder_embed"),
+        *linear_rules(r"decoder\.decoder_embed", "decoder/decoder_embed"),
         *_layer_rules(
             r"decoder\.decoder_layers\.(\d+)\.", r"decoder/decoder_layers_\1/", decoder_num_heads
         ),
-        *_ln(r"decoder\.decoder_norm", "decoder/decoder_norm"),
-        *_linear(r"decoder\.decoder_xyz_projection", "decoder/decoder_xyz_projection"),
-        *_linear(r"decoder\.decoder_pred1", "decoder/decoder_pred1"),
-        *_linear(r"decoder\.decoder_pred2", "decoder/decoder_pred2"),
+        *layer_norm_rules(r"decoder\.decoder_norm", "decoder/decoder_norm"),
+        *linear_rules(r"decoder\.decoder_xyz_projection", "decoder/decoder_xyz_projection"),
+        *linear_rules(r"decoder\.decoder_pred1", "decoder/decoder_pred1"),
+        *linear_rules(r"decoder\.decoder_pred2", "decoder/decoder_pred2"),
     ]
 
 

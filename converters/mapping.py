@@ -34,6 +34,8 @@ __all__ = [
     "conv_to_dense",
     "flatten_tree",
     "identity",
+    "layer_norm_rules",
+    "linear_rules",
     "linear_to_heads",
     "reshape",
     "split_fused_qkv",
@@ -365,3 +367,19 @@ def _listing(names: Sequence[str]) -> str:
     shown = ", ".join(repr(n) if "(" not in n and ":" not in n else n for n in names[:_MAX_LISTED])
     more = len(names) - _MAX_LISTED
     return shown + (f", ... and {more} more" if more > 0 else "")
+
+
+def layer_norm_rules(src: str, dst: str) -> list[Rule]:
+    """PyTorch LayerNorm ``{src}.weight``/``.bias`` -> Flax ``{dst}/scale``/``{dst}/bias``.
+
+    ``src`` is a regex prefix (escape dots), ``dst`` a Flax path template.
+    """
+    return [Rule(rf"{src}\.weight", f"{dst}/scale"), Rule(rf"{src}\.bias", f"{dst}/bias")]
+
+
+def linear_rules(src: str, dst: str) -> list[Rule]:
+    """PyTorch Linear ``weight [out, in]``/``bias`` -> Flax Dense ``kernel [in, out]``/``bias``."""
+    return [
+        Rule(rf"{src}\.weight", f"{dst}/kernel", transpose),
+        Rule(rf"{src}\.bias", f"{dst}/bias"),
+    ]

@@ -30,6 +30,8 @@ from converters.errors import ConversionError
 from converters.mapping import (
     Rule,
     apply_rules,
+    layer_norm_rules,
+    linear_rules,
     linear_to_heads,
     split_fused_qkv,
     strict_merge,
@@ -97,19 +99,6 @@ def _fail(msg: str) -> None:
     raise ConversionError(msg)
 
 
-def _ln(src: str, dst: str) -> list[Rule]:
-    """PyTorch LayerNorm ``weight``/``bias`` -> Flax ``scale``/``bias``."""
-    return [Rule(rf"{src}\.weight", f"{dst}/scale"), Rule(rf"{src}\.bias", f"{dst}/bias")]
-
-
-def _linear(src: str, dst: str) -> list[Rule]:
-    """PyTorch Linear ``weight [out, in]``/``bias`` -> Dense ``kernel [in, out]``/``bias``."""
-    return [
-        Rule(rf"{src}\.weight", f"{dst}/kernel", transpose),
-        Rule(rf"{src}\.bias", f"{dst}/bias"),
-    ]
-
-
 def build_rules(layout: str, num_heads: int) -> list[Rule]:
     """The declarative name map of one key layout (``"torch"`` or ``"flash"``).
 
@@ -120,11 +109,11 @@ def build_rules(layout: str, num_heads: int) -> list[Rule]:
     layer = "transformer_encoder/layers_\\1"
     rules = [
         Rule(r"encoder\.embedding\.weight", "encoder/embedding/embedding"),
-        *_ln(r"encoder\.enc_norm", "encoder/enc_norm"),
-        *_linear(r"value_encoder\.linear(\d)", "value_encoder/linear\\1"),
-        *_ln(r"value_encoder\.norm", "value_encoder/norm"),
+        *layer_norm_rules(r"encoder\.enc_norm", "encoder/enc_norm"),
+        *linear_rules(r"value_encoder\.linear(\d)", "value_encoder/linear\\1"),
+        *layer_norm_rules(r"value_encoder\.norm", "value_encoder/norm"),
         Rule(r"value_encoder\.embedding\.weight", "value_encoder/embedding/embedding"),
-        *_ln(r"value_encoder\.enc_norm", "value_encoder/enc_norm"),
+        *layer_norm_rules(r"value_encoder\.enc_norm", "value_encoder/enc_norm"),
         # Fused [3D, D] q/k/v rows (head-major within each) -> query/key/value [D, H, Dh].
         Rule(_LAYER + _QKV[layout], f"{layer}/attention", split_fused_qkv(num_heads)),
         Rule(
@@ -133,17 +122,17 @@ def build_rules(layout: str, num_heads: int) -> list[Rule]:
             linear_to_heads(num_heads, kind="out"),
         ),
         Rule(_LAYER + r"self_attn\.out_proj\.bias", f"{layer}/attention/out/bias"),
-        *_linear(_LAYER + r"linear1", f"{layer}/mlp/fc1"),
-        *_linear(_LAYER + r"linear2", f"{layer}/mlp/fc2"),
-        *_ln(_LAYER + r"norm(\d)", f"{layer}/norm\\2"),
-        *_linear(r"decoder\.fc\.(\d)", "decoder/fc_\\1"),
-        *_linear(r"decoder\.zero_logit\.(\d)", "decoder/zero_logit_\\1"),
+        *linear_rules(_LAYER + r"linear1", f"{layer}/mlp/fc1"),
+        *linear_rules(_LAYER + r"linear2", f"{layer}/mlp/fc2"),
+        *layer_norm_rules(_LAYER + r"norm(\d)", f"{layer}/norm\\2"),
+        *linear_rules(r"decoder\.fc\.(\d)", "decoder/fc_\\1"),
+        *linear_rules(r"decoder\.zero_logit\.(\d)", "decoder/zero_logit_\\1"),
         Rule(r"cls_decoder\._decoder\.(\d+)\.weight", "cls_decoder/_decoder_\\1", _cls_weight),
         Rule(r"cls_decoder\._decoder\.(\d+)\.bias", "cls_decoder/_decoder_\\1/bias"),
-        *_linear(r"cls_decoder\.out_layer", "cls_decoder/out_layer"),
-        *_linear(r"mvc_decoder\.gene2query", "mvc_decoder/gene2query"),
+        *linear_rules(r"cls_decoder\.out_layer", "cls_decoder/out_layer"),
+        *linear_rules(r"mvc_decoder\.gene2query", "mvc_decoder/gene2query"),
         Rule(r"mvc_decoder\.W\.weight", "mvc_decoder/W/kernel", transpose),
-        *_linear(r"mvc_decoder\.W_zero_logit", "mvc_decoder/W_zero_logit"),
+        *linear_rules(r"mvc_decoder\.W_zero_logit", "mvc_decoder/W_zero_logit"),
     ]
     return rules
 

@@ -38,10 +38,11 @@ from converters.mapping import (
     Rule,
     apply_rules,
     conv2d_to_flax,
+    layer_norm_rules,
+    linear_rules,
     linear_to_heads,
     split_fused_qkv,
     strict_merge,
-    transpose,
 )
 from converters.verify import VerifyRow, compare
 from jaxfm.foundation.vit import ViT, ViTConfig
@@ -276,17 +277,6 @@ def infer_config(state: Mapping[str, np.ndarray], layout: str, cfg: Mapping[str,
 # --------------------------------------------------------------------------------------------
 
 
-def _ln(src: str, dst: str) -> list[Rule]:
-    return [Rule(src + r"\.weight", dst + "/scale"), Rule(src + r"\.bias", dst + "/bias")]
-
-
-def _dense(src: str, dst: str) -> list[Rule]:
-    return [
-        Rule(src + r"\.weight", dst + "/kernel", transpose),
-        Rule(src + r"\.bias", dst + "/bias"),
-    ]
-
-
 def build_rules(layout: str, num_heads: int) -> list[Rule]:
     """The declarative name map of one layout (``"hf"`` or ``"timm"``)."""
     to_heads, out_heads = linear_to_heads(num_heads, "in"), linear_to_heads(num_heads, "out")
@@ -319,13 +309,13 @@ def build_rules(layout: str, num_heads: int) -> list[Rule]:
                 out_heads,
             ),
             Rule(lay + r"attention\.output\.dense\.bias", _LAYER + "attention/out/bias"),
-            *_ln(lay + r"layernorm_before", _LAYER + "norm1"),
-            *_ln(lay + r"layernorm_after", _LAYER + "norm2"),
-            *_dense(lay + r"intermediate\.dense", _LAYER + "mlp/fc1"),
-            *_dense(lay + r"output\.dense", _LAYER + "mlp/fc2"),
-            *_ln(p + r"layernorm", "layernorm"),
-            *_dense(r"pooler\.dense", "pooler/dense"),
-            *_dense(r"classifier", "head"),
+            *layer_norm_rules(lay + r"layernorm_before", _LAYER + "norm1"),
+            *layer_norm_rules(lay + r"layernorm_after", _LAYER + "norm2"),
+            *linear_rules(lay + r"intermediate\.dense", _LAYER + "mlp/fc1"),
+            *linear_rules(lay + r"output\.dense", _LAYER + "mlp/fc2"),
+            *layer_norm_rules(p + r"layernorm", "layernorm"),
+            *linear_rules(r"pooler\.dense", "pooler/dense"),
+            *linear_rules(r"classifier", "head"),
         ]
     if layout != "timm":
         raise ValueError(f"build_rules: layout must be 'hf' or 'timm', got {layout!r}")
@@ -339,13 +329,13 @@ def build_rules(layout: str, num_heads: int) -> list[Rule]:
         Rule(lay + r"attn\.qkv\.(?:weight|bias)", _LAYER + "attention", split_fused_qkv(num_heads)),
         Rule(lay + r"attn\.proj\.weight", _LAYER + "attention/out/kernel", out_heads),
         Rule(lay + r"attn\.proj\.bias", _LAYER + "attention/out/bias"),
-        *_ln(lay + r"norm1", _LAYER + "norm1"),
-        *_ln(lay + r"norm2", _LAYER + "norm2"),
-        *_dense(lay + r"mlp\.fc1", _LAYER + "mlp/fc1"),
-        *_dense(lay + r"mlp\.fc2", _LAYER + "mlp/fc2"),
-        *_ln(r"norm", "layernorm"),
-        *_ln(r"fc_norm", "fc_norm"),
-        *_dense(r"head", "head"),
+        *layer_norm_rules(lay + r"norm1", _LAYER + "norm1"),
+        *layer_norm_rules(lay + r"norm2", _LAYER + "norm2"),
+        *linear_rules(lay + r"mlp\.fc1", _LAYER + "mlp/fc1"),
+        *linear_rules(lay + r"mlp\.fc2", _LAYER + "mlp/fc2"),
+        *layer_norm_rules(r"norm", "layernorm"),
+        *layer_norm_rules(r"fc_norm", "fc_norm"),
+        *linear_rules(r"head", "head"),
     ]
 
 
