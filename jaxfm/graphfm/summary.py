@@ -96,14 +96,13 @@ def parameter_shapes(config: GraphFMConfig):
     return jax.eval_shape(init)["params"]
 
 
-def parameter_summary(config: GraphFMConfig, *, name: str | None = None, mesh=None) -> dict:
+def parameter_summary(config: GraphFMConfig, *, name: str | None = None) -> dict:
     """Parameter counts (see the module docstring for what each entry counts).
 
     Args:
       config: the model config (its dataset table is used; none -> one placeholder dataset).
       name: the preset name; for ``small``/``medium``/``large`` the paper figure and the ratio
         ``paper_comparable / paper`` are added.
-      mesh: reserved for bytes-per-device under a sharding mesh (issue 5); must be None now.
 
     Returns:
       ``{"config", "total", "shared_trunk", "dataset_specific", "datasets", "per_module",
@@ -111,12 +110,7 @@ def parameter_summary(config: GraphFMConfig, *, name: str | None = None, mesh=No
       each top-level module (``tokenizer``, ``encoder``, ``decoder``, ``heads``...) and
       ``trunk_modules`` the trunk's parts (``tokenizer/signnet``, ``encoder/latents``,
       ``encoder/cross_attention``, ``encoder/layer_i``..., ``decoder/...``).
-
-    Raises:
-      NotImplementedError: a mesh was given (per-device bytes come with issue 5).
     """
-    if mesh is not None:
-        raise NotImplementedError("parameter_summary(mesh=...): bytes per device is issue 5")
     config = _with_placeholder(config)
     params = parameter_shapes(config)
     patterns = [re.compile(p) for p in DATASET_SPECIFIC]

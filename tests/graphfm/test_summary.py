@@ -49,12 +49,10 @@ def test_trunk_does_not_depend_on_the_dataset_table():
     assert "graph_decoder" in with_graph["per_module"]
 
 
-def test_format_summary_table_and_mesh_hook():
+def test_format_summary_table():
     s = parameter_summary(graphfm_config("small"), name="small")
     text = format_summary(s)
     assert text.splitlines()[0] == "| parameters | count |"
     assert f"| shared trunk (all but feature MLPs and heads) | {s['shared_trunk']:,} |" in text
     assert "| paper, Table A1 (small) | 389,000 |" in text
     assert f"| paper-comparable / paper | {s['paper_ratio']:.3f} |" in text
-    with pytest.raises(NotImplementedError, match="issue 5"):
-        parameter_summary(graphfm_config("small"), mesh=object())
