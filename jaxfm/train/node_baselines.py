@@ -75,19 +75,23 @@ def train_node_baseline(
     )
     tx = optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
 
-    def loss_fn(params, mask, key):
+    graph = (x, s, r, w, y)  # jit arguments, not closure constants (XLA would fold them)
+
+    def loss_fn(params, mask, key, graph):
+        x, s, r, w, y = graph
         logits = model.apply(params, x, s, r, w, deterministic=False, rngs={"dropout": key})
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return jnp.sum(ce * mask) / jnp.maximum(mask.sum(), 1)
 
     @jax.jit
-    def step(params, opt_state, mask, key):
-        loss, g = jax.value_and_grad(loss_fn)(params, mask, key)
+    def step(params, opt_state, mask, key, graph):
+        loss, g = jax.value_and_grad(loss_fn)(params, mask, key, graph)
         updates, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     @jax.jit
-    def accuracies(params, masks):
+    def accuracies(params, masks, graph):
+        x, s, r, w, y = graph
         pred = model.apply(params, x, s, r, w).argmax(-1)
         hit = (pred == y).astype(jnp.float32)
         return (masks * hit).sum(-1) / jnp.maximum(masks.sum(-1), 1)
@@ -107,8 +111,8 @@ def train_node_baseline(
         best = (-1.0, 0.0, -1)
         for epoch in range(cfg.epochs):
             key, k = jax.random.split(key)
-            params, opt_state, _ = step(params, opt_state, masks[0], k)
-            _, val, test = (float(a) for a in accuracies(params, masks))
+            params, opt_state, _ = step(params, opt_state, masks[0], k, graph)
+            _, val, test = (float(a) for a in accuracies(params, masks, graph))
             if val > best[0]:
                 best = (val, test, epoch)
         results.append(
