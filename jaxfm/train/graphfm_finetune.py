@@ -94,8 +94,8 @@ def trainable_rules(mode: str, epoch: int, cfg: FinetuneConfig, decoder_depth: i
     >>> c = FinetuneConfig(mode="nft", checkpoint="m", dataset="d", unfreeze_start=2,
     ...                    unfreeze_every=3)
     >>> trainable_rules("nft", 1, c, 2)
-    ['^tokenizer/feature_mlp/', '^heads/']
-    >>> trainable_rules("nft", 5, c, 2)[2:]
+    ['^tokenizer/feature_mlp/', '^heads/', '^graph_heads/']
+    >>> trainable_rules("nft", 5, c, 2)[3:]
     ['^decoder/layer_0/', '^decoder/layer_1/']
     """
     rules = list(NEW_PARAMS)
