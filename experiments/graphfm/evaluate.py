@@ -11,7 +11,9 @@ Steps:
 2. For each evaluation graph: MFT and NFT from that checkpoint, and a GCN and an MLP, all on the
    same splits (the public ones where the file has them, else seeded 60/20/20).
 3. Writes ``experiments/results/<out-name>/{results.json,results.md,accuracy.png}`` with the
-   paper's numbers (GraphFM Table A6, 75M model) beside ours, after each graph.
+   paper's numbers (GraphFM Table A6, 75M model) beside ours, after each graph. Graphs already in
+   that folder from an earlier invocation are kept (each row records its own epochs and splits),
+   so the heterophilic and homophilic runs can share one table.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
         help="max nodes decoded per step (at least 8 steps per epoch on small graphs)",
     )
     ap.add_argument("--lr", type=float, default=3e-3, help="finetuning lr (AdamW, all datasets)")
-    ap.add_argument("--out-name", default="graphfm_eval", help="results folder name")
+    ap.add_argument("--out-name", default="graphfm_eval", help="results folder (merged)")
     ap.add_argument("--splits", default="0,1,2", help="splits per evaluation graph ('all')")
     ap.add_argument("--datasets", default=",".join(EVAL), help="subset of the evaluation graphs")
     ap.add_argument("--workdir", default=str(REPO / "runs" / "graphfm_eval"))
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
         timings["pretrain_s"] = summary["seconds"]
     model_dir = workdir / "model"
 
-    rows = {}
+    out = REPO / "experiments" / "results" / args.out_name
+    rows, timings = _read_previous(out, timings)
     for name in args.datasets.split(","):
         path = SHARED / EVAL[name]
         ds = load_dataset(path)
@@ -145,29 +148,40 @@ def main(argv=None) -> int:
                 ds, BaselineConfig(model=model, epochs=20 if args.quick else 200), splits=split_ids
             )
             timings[f"{name}_{model}_s"] = round(time.perf_counter() - t, 1)
-        rows[name] = res
         print(json.dumps({name: {k: _fmt(v) for k, v in res.items()}}), flush=True)
-        lines = _write(rows, timings, args, REPO / "experiments" / "results" / args.out_name)
+        res["settings"] = {"epochs": epochs, "splits": split_ids, "lr": args.lr}
+        rows[name] = res
+        lines = _write(rows, timings, args, out)
 
     print("\n".join(lines))
     print(json.dumps({"total_seconds": round(time.perf_counter() - t0, 1)}))
     return 0
 
 
+def _read_previous(out: Path, timings: dict) -> tuple[dict, dict]:
+    """Rows and timings of earlier invocations writing to the same folder."""
+    path = out / "results.json"
+    if not path.is_file():
+        return {}, timings
+    old = json.loads(path.read_text())
+    return dict(old["results"]), {**old.get("timings", {}), **timings}
+
+
 def _write(rows: dict, timings: dict, args, out: Path) -> list[str]:
+    from jaxfm.train.graphfm_finetune import write_json_atomic
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(
-        json.dumps({"results": rows, "timings": timings, "args": vars(args)}, indent=2)
-    )
+    write_json_atomic(out / "results.json", {"results": rows, "timings": timings})
     lines = [
-        "| dataset | GCN (ours) | MLP (ours) | MFT (ours) | NFT (ours) | GCN (paper) | MLP (paper) "
-        "| MFT (paper) | NFT (paper) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dataset | splits × epochs | GCN (ours) | MLP (ours) | MFT (ours) | NFT (ours) "
+        "| GCN (paper) | MLP (paper) | MFT (paper) | NFT (paper) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, res in rows.items():
+        setting = f"{len(res['settings']['splits'])} × {res['settings']['epochs']}"
         ours = [_fmt(res[m]) for m in ("GCN", "MLP", "MFT", "NFT")]
         paper = [PAPER[name][m] for m in ("GCN", "MLP", "MFT", "NFT")]
-        lines.append(f"| {name} | " + " | ".join(ours + paper) + " |")
+        lines.append(f"| {name} | {setting} | " + " | ".join(ours + paper) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plot(rows, out / "accuracy.png")
     return lines

@@ -43,7 +43,9 @@ def _pretrain(args) -> int:
         seed=args.seed,
         model_overrides={"dtype": args.dtype} if args.dtype else {},
     )
-    summary = pretrain(cfg, resume=args.resume, progress=not args.no_progress)
+    summary = pretrain(
+        cfg, resume=args.resume, log_stream=sys.stdout, progress=not args.no_progress
+    )
     print(json.dumps({"summary": summary}), file=sys.stderr if args.quiet_summary else sys.stdout)
     return 0
 
