@@ -33,6 +33,7 @@ __all__ = [
     "load_model_dir",
     "save_model_dir",
     "unflatten_params",
+    "write_json_atomic",
 ]
 
 PARAMS_FILE = "params.safetensors"
@@ -178,6 +179,16 @@ def save_model_dir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Writes JSON to ``path`` via a temporary file + rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
 
 
 def load_model_dir(path: str | os.PathLike, *, as_jax: bool = False) -> tuple[dict, dict]:

@@ -168,7 +168,7 @@ def _read_previous(out: Path, timings: dict) -> tuple[dict, dict]:
 
 
 def _write(rows: dict, timings: dict, args, out: Path) -> list[str]:
-    from jaxfm.train.graphfm_finetune import write_json_atomic
+    from jaxfm.model_dir import write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", {"results": rows, "timings": timings})

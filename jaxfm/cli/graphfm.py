@@ -1,9 +1,11 @@
 """`jaxfm pretrain`, `jaxfm finetune`, `jaxfm embed`, `jaxfm graphfm summary`.
 
 jaxfm pretrain [--config NAME] [--data PATH ...] [--steps N] [--workdir DIR] [--resume]
+               [--mesh data=4,fsdp=2] [--accum N] [--checkpoint-every N]
+               [--coordinator HOST:PORT --num-processes N --process-id I]
 jaxfm finetune --mode {mft,nft} --checkpoint DIR --dataset PATH [--splits all] [--output-json F]
 jaxfm embed --checkpoint DIR --dataset PATH --out FILE.npy
-jaxfm graphfm summary --config NAME
+jaxfm graphfm summary --config NAME [--mesh fsdp=8]
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import sys
 __all__ = ["add_parsers"]
 
 
+PREEMPTED_EXIT = 143  # 128 + SIGTERM: a scheduler sees the job as stopped, not finished
+
+
 def _pretrain(args) -> int:
+    from jaxfm.train.distributed import initialize
+
+    # before anything touches a device: several processes form one mesh
+    initialize(args.coordinator, args.num_processes, args.process_id)
+
     from jaxfm.train.graphfm_pretrain import PretrainConfig, pretrain
     from jaxfm.train.optim import OptimizerConfig
 
@@ -35,6 +45,8 @@ def _pretrain(args) -> int:
         exclude=tuple(args.exclude or ()),
         steps=args.steps,
         accum=args.accum,
+        devices=args.devices,
+        mesh=args.mesh,
         node_budget=args.node_budget,
         optimizer=OptimizerConfig(**dataclasses.asdict(opt)),
         workdir=args.workdir,
@@ -46,8 +58,12 @@ def _pretrain(args) -> int:
     summary = pretrain(
         cfg, resume=args.resume, log_stream=sys.stdout, progress=not args.no_progress
     )
-    print(json.dumps({"summary": summary}), file=sys.stderr if args.quiet_summary else sys.stdout)
-    return 0
+    from jaxfm.train.distributed import is_main_process
+
+    if is_main_process():
+        out = sys.stderr if args.quiet_summary else sys.stdout
+        print(json.dumps({"summary": summary}), file=out, flush=True)
+    return PREEMPTED_EXIT if summary["preempted"] else 0
 
 
 def _finetune(args) -> int:
@@ -65,7 +81,7 @@ def _finetune(args) -> int:
     )
     result = finetune(cfg, progress=not args.no_progress)
     if args.output_json:
-        from jaxfm.train.graphfm_finetune import write_json_atomic
+        from jaxfm.model_dir import write_json_atomic
 
         write_json_atomic(args.output_json, result)
     print(
@@ -84,12 +100,52 @@ def _embed(args) -> int:
     return 0
 
 
+def _sharded_bytes(config, mesh: str) -> dict:
+    """Parameter and LAMB-state bytes, total and per device, under the sharding rules."""
+    import math
+
+    from jaxfm.graphfm.summary import parameter_shapes
+    from jaxfm.train.sharding import bytes_per_device, parse_mesh
+
+    if "-1" in mesh:
+        raise ValueError(f"--mesh {mesh!r}: give every axis size explicitly for a summary")
+    sizes = parse_mesh(mesh, math.prod(int(x.split("=")[1]) for x in mesh.split(",")))
+    total, per_device = bytes_per_device(parameter_shapes(config), sizes)
+    return {
+        "mesh": sizes,
+        "param_bytes": total,
+        "param_bytes_per_device": per_device,
+        "optimizer_bytes_per_device": 2 * per_device,  # LAMB: two fp32 moments per parameter
+        "per_device_fraction": round(per_device / total, 4),
+    }
+
+
+def _format_sharding(s: dict) -> str:
+    mib = 2**20
+    return "\n".join(
+        [
+            "",
+            f"| sharded over mesh {s['mesh']} | MiB |",
+            "|---|---:|",
+            f"| parameters, total (fp32) | {s['param_bytes'] / mib:,.2f} |",
+            f"| parameters per device | {s['param_bytes_per_device'] / mib:,.2f} |",
+            f"| optimizer state per device (LAMB, 2 moments) "
+            f"| {s['optimizer_bytes_per_device'] / mib:,.2f} |",
+            f"| per device / total | {s['per_device_fraction']:.4f} |",
+        ]
+    )
+
+
 def _summary(args) -> int:
     from jaxfm.graphfm import graphfm_config
     from jaxfm.graphfm.summary import format_summary, parameter_summary
 
-    summary = parameter_summary(graphfm_config(args.config), name=args.config)
+    config = graphfm_config(args.config)
+    summary = parameter_summary(config, name=args.config)
     print(format_summary(summary))
+    if args.mesh:
+        summary["sharding"] = _sharded_bytes(config, args.mesh)
+        print(_format_sharding(summary["sharding"]))
     if args.json:
         print(json.dumps(summary))
     return 0
@@ -115,6 +171,19 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--accum", type=int, default=1, help="gradient-accumulation buckets per step")
+    p.add_argument(
+        "--mesh",
+        help="device mesh, e.g. data=4,fsdp=2 (axes data, fsdp, model; -1 = rest). "
+        "Default: every device on fsdp",
+    )
+    p.add_argument(
+        "--devices",
+        type=int,
+        help="buckets per accumulation step (default: the mesh's data x fsdp; a multiple of it)",
+    )
+    p.add_argument("--coordinator", help="HOST:PORT of process 0 (multi-process, explicit)")
+    p.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
+    p.add_argument("--process-id", type=int, help="this process (with --coordinator)")
     p.add_argument("--node-budget", type=int, default=2048, help="node rows per packed bucket")
     p.add_argument("--lr", type=float, help="peak learning rate (LAMB)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
@@ -158,4 +227,5 @@ def add_parsers(sub) -> None:
     s = gsub.add_parser("summary", help="parameter counts of a config (shared trunk vs total)")
     s.add_argument("--config", default="small")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--mesh", help="also bytes per device on this mesh, e.g. fsdp=8")
     s.set_defaults(func=_summary)

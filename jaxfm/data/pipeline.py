@@ -12,7 +12,8 @@ packed batches (paper C.1). The pipeline is a ``grain`` ``IterDataset``:
 
 Everything is a pure function of ``(corpus, budget, num_buckets, seed, epoch, step)``: the state
 is just ``{"epoch", "step"}`` (plus the settings it was made with, checked on restore), JSON-able
-for checkpoints, and restoring it reproduces the exact continuation. With several processes,
+for checkpoints, and restoring it reproduces the exact continuation (also with another number of
+processes: the state is the same on every process). With several processes,
 process ``p`` of ``P`` packs buckets ``[p * nb / P, (p + 1) * nb / P)`` of every step (its local
 devices' buckets); the union over processes equals the single-process step.
 """
@@ -218,8 +219,6 @@ class PackedPipeline:
         settings = {
             "num_buckets": self.num_buckets,
             "seed": self.seed,
-            "process_index": self.process_index,
-            "process_count": self.process_count,
             "budget": [budget.nodes, budget.graphs, budget.targets, budget.neighbors],
             "assignment": assignment,
         }

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from jaxfm.data.graph_dataset import NodeDataset, Split
 from jaxfm.graphfm import DATASET_SPECIFIC, GraphFM, GraphFMConfig, loss_and_metrics
-from jaxfm.model_dir import flatten_params, load_model_dir, unflatten_params
+from jaxfm.model_dir import flatten_params, load_model_dir, unflatten_params, write_json_atomic
 from jaxfm.train import param_rules
 
 __all__ = [
@@ -103,16 +103,6 @@ def trainable_rules(mode: str, epoch: int, cfg: FinetuneConfig, decoder_depth: i
         n = min(decoder_depth, 1 + (epoch - cfg.unfreeze_start) // cfg.unfreeze_every)
         rules += [f"^decoder/layer_{i}/" for i in range(n)]
     return rules
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Writes JSON to ``path`` via a temporary file + rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def load_pretrained_graphfm(path: str | os.PathLike) -> tuple[GraphFMConfig, dict]:

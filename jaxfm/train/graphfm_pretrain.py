@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jaxfm.data.graph_dataset import GraphClassificationDataset, NodeDataset
@@ -32,12 +35,19 @@ from jaxfm.graphfm import (
     loss_and_metrics,
 )
 from jaxfm.graphfm.batch import PackedBatch
-from jaxfm.model_dir import save_model_dir
+from jaxfm.model_dir import save_model_dir, write_json_atomic
 from jaxfm.train import param_rules
 from jaxfm.train.checkpoint import Checkpointer, abstract_like
-from jaxfm.train.graphfm_step import make_train_step
+from jaxfm.train.distributed import is_main_process
+from jaxfm.train.graphfm_step import make_sharded_train_step
 from jaxfm.train.loop import TrainState
 from jaxfm.train.optim import OptimizerConfig, make_schedule
+from jaxfm.train.sharding import (
+    BATCH_AXES,
+    data_parallel_size,
+    make_mesh,
+    shardings_for,
+)
 
 __all__ = [
     "PretrainConfig",
@@ -58,8 +68,11 @@ class PretrainConfig:
       synthetic_graphs: number of synthetic SBM graphs added to the corpus.
       synthetic_nodes: node-count range of the synthetic graphs.
       exclude: regexes of dataset names kept out of pretraining (the evaluation graphs).
-      steps: optimizer steps; ``accum``: buckets accumulated per step; ``devices``: data-parallel
-        buckets per accumulation step (buckets per step = devices x accum, paper C.1).
+      steps: optimizer steps; ``accum``: buckets accumulated per step; ``devices``: buckets per
+        accumulation step, a multiple of the mesh's ``data x fsdp`` (default: equal to it), so
+        buckets per step = devices x accum (paper C.1).
+      mesh: device mesh shape, e.g. ``"data=4,fsdp=2"`` (:func:`jaxfm.train.sharding.parse_mesh`;
+        default: every device on ``fsdp``).
       node_budget, graph_budget, target_budget, neighbors: static packing budgets per bucket.
       optimizer: LAMB with linear warmup then cosine decay by default.
       dataset_lr_scaling: scale the per-dataset MLP/head updates of rarely-seen datasets up
@@ -78,7 +91,8 @@ class PretrainConfig:
     exclude: tuple[str, ...] = ()
     steps: int = 300
     accum: int = 1
-    devices: int = 1
+    devices: int | None = None
+    mesh: str | None = None
     node_budget: int = 2048
     graph_budget: int = 16
     target_budget: int = 256
@@ -103,7 +117,7 @@ class PretrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "accum", "devices", "node_budget", "graph_budget", "target_budget"):
+        for name in ("steps", "accum", "node_budget", "graph_budget", "target_budget"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.keep < 1:
@@ -114,10 +128,19 @@ class PretrainConfig:
             raise ValueError("PretrainConfig: no data paths and no synthetic graphs: empty corpus")
         if self.max_lr_scale < 1:
             raise ValueError("PretrainConfig.max_lr_scale must be >= 1")
+        if self.devices is not None and self.devices < 1:
+            raise ValueError(f"PretrainConfig.devices must be >= 1, got {self.devices}")
 
-    @property
-    def num_buckets(self) -> int:
-        return self.devices * self.accum
+    def buckets_per_accumulation(self, mesh_shape: dict[str, int]) -> int:
+        """``devices`` (default: ``data x fsdp``), checked against the mesh."""
+        dp = data_parallel_size(mesh_shape)
+        devices = dp if self.devices is None else self.devices
+        if devices % dp:
+            raise ValueError(
+                f"PretrainConfig.devices={devices} must be a multiple of the mesh's data x fsdp "
+                f"= {dp} (mesh {mesh_shape})"
+            )
+        return devices
 
 
 def build_pretraining_corpus(cfg: PretrainConfig, *, log=print) -> list[NodeDataset]:
@@ -204,17 +227,91 @@ def _stack(batches: Sequence[PackedBatch]) -> PackedBatch:
     return jax.tree.map(lambda *xs: np.stack(xs), *batches)
 
 
+def _step_layout(batches: Sequence[PackedBatch], accum: int) -> PackedBatch:
+    """This process's buckets ``[d0*A + a ...]`` -> one batch with leaves ``[A, D_local, ...]``.
+
+    Bucket ``b`` of a step goes to accumulation step ``b % A`` of data-parallel slot ``b // A``,
+    so each process's contiguous block of buckets fills its contiguous block of slots.
+    """
+    stacked = _stack(batches)  # [D_local * A, ...]
+    return jax.tree.map(lambda x: np.swapaxes(x.reshape((-1, accum, *x.shape[1:])), 0, 1), stacked)
+
+
+def _local_block(mesh, devices: int) -> tuple[int, int]:
+    """``(block index, block count)`` of this process's data-parallel slots along ``D``."""
+    sharding = NamedSharding(mesh, P(BATCH_AXES))
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((devices,)).values():
+        rows.update(range(*index[0].indices(devices)))
+    lo, n = min(rows), len(rows)
+    if rows != set(range(lo, lo + n)) or devices % n or lo % n:
+        raise ValueError(
+            f"pretrain: this process's devices hold data-parallel slots {sorted(rows)} of "
+            f"{devices}, not one contiguous block; use a mesh whose model axis stays within a host"
+        )
+    return lo // n, devices // n
+
+
+def _to_host(tree):
+    """Replicated (or fully addressable) arrays -> numpy, also with several processes."""
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)
+
+
 def _per_dataset_table(names, correct, count) -> dict[str, float]:
     return {n: float(c / k) for n, c, k in zip(names, correct, count, strict=True) if k > 0}
+
+
+class _Preemption:
+    """SIGTERM (a scheduler's preemption notice) -> a flag checked after every step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self) -> bool:
+        """True on every process once any process got the signal (they save the same step)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.int32(self.requested))
+        return bool(np.asarray(flags).any())
 
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout, progress=True):
     """Runs (or resumes) pretraining and returns the summary dict (also ``WORKDIR/summary.json``).
 
+    The train state lives on a device mesh (``cfg.mesh``, :mod:`jaxfm.train.sharding`): created
+    directly sharded, updated by :func:`~jaxfm.train.graphfm_step.make_sharded_train_step`, and
+    checkpointed shard by shard (every process writes its own). Only process 0 prints metric
+    lines and writes the summary and the final model. A SIGTERM makes the loop save a checkpoint
+    after the current step and return early with ``summary["preempted"] = True``.
+
     Args:
       cfg: the run.
       resume: continue from the newest complete checkpoint in ``WORKDIR/checkpoints`` (fresh start
-        if there is none).
+        if there is none); the mesh may differ from the one that saved it.
       log_stream: where JSON metric lines go (None: silent).
       progress: tqdm progress bar on stderr.
     """
@@ -222,9 +319,14 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
     from jaxfm.data.packing import PackingBudget
     from jaxfm.data.pipeline import PackedPipeline
 
+    main = is_main_process()
+    mesh = make_mesh(cfg.mesh)
+    mesh_shape = dict(mesh.shape)
+    devices = cfg.buckets_per_accumulation(mesh_shape)
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    say = (lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None)
+    say = (lambda m: print(m, file=sys.stderr)) if progress and main else (lambda m: None)
+    log_stream = log_stream if main else None
     t_start = time.perf_counter()
 
     datasets = build_pretraining_corpus(cfg, log=say)
@@ -243,21 +345,37 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
         targets=cfg.target_budget,
         neighbors=model_cfg.num_neighbors,
     )
-    pipeline = PackedPipeline(corpus, budget=budget, num_buckets=cfg.num_buckets, seed=cfg.seed)
+    block, blocks = _local_block(mesh, devices)
+    pipeline = PackedPipeline(
+        corpus,
+        budget=budget,
+        num_buckets=devices * cfg.accum,
+        seed=cfg.seed,
+        process_index=block,
+        process_count=blocks,
+    )
     names = [s.name for s in model_cfg.datasets]
     say(
         f"pretrain: {len(datasets)} graphs, {sum(d.num_nodes for d in datasets):,} nodes, "
-        f"{cfg.num_buckets} buckets/step of {cfg.node_budget} node rows"
+        f"{devices} x {cfg.accum} buckets/step of {cfg.node_budget} node rows, mesh {mesh_shape}"
     )
 
     model = GraphFM(model_cfg)
     rng = jax.random.key(cfg.seed)
     init_rng, rng = jax.random.split(rng)
-    example = jax.tree.map(lambda x: x[0], _stack(pipeline.peek()))
-    params = jax.jit(lambda k, b: model.init(k, b)["params"])(init_rng, example)
+    example = jax.tree.map(lambda x: x[0, 0], _step_layout(pipeline.peek(), cfg.accum))
     scales = dataset_lr_scales(corpus.train_nodes_per_dataset(), cfg.max_lr_scale)
-    optimizer, lr_schedule = _make_optimizer(cfg, params, scales)
-    state = TrainState.create(params, optimizer)
+
+    def init_state(key):
+        params = model.init(key, example)["params"]
+        optimizer, _ = _make_optimizer(cfg, params, scales)
+        return TrainState.create(params, optimizer)
+
+    # Created directly sharded: shapes first, then an init jitted with the state's shardings.
+    abstract = jax.eval_shape(init_state, init_rng)
+    state_shardings = shardings_for(abstract, mesh)
+    state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+    optimizer, lr_schedule = _make_optimizer(cfg, abstract.params, scales)
 
     checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep)
     start = 0
@@ -270,13 +388,14 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
                     "model config or corpus; use a fresh --workdir"
                 )
 
+        replicated = NamedSharding(mesh, P())
+        rng_data = jax.device_put(jax.random.key_data(rng), replicated)
         got = checkpointer.restore_latest(
-            abstract_like({"train": state, "rng": jax.random.key_data(rng)}),
-            check_meta=same_run,
+            abstract_like({"train": state, "rng": rng_data}), check_meta=same_run
         )
         if got is not None:
             step, tree, meta = got
-            state, rng = tree["train"], jax.random.wrap_key_data(tree["rng"])
+            state, rng = tree["train"], jax.random.wrap_key_data(_to_host(tree["rng"]))
             pipeline.set_state(meta["data"])
             start = step
             say(f"pretrain: resumed from step {step}")
@@ -285,7 +404,17 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
         out = model.apply({"params": params}, batch, deterministic=not train, rngs={"dropout": key})
         return loss_and_metrics(out, batch, model_cfg)
 
-    train_step = make_train_step(loss_fn, optimizer)
+    train_step = make_sharded_train_step(loss_fn, optimizer, mesh, state_shardings)
+    batch_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
+    global_lead = (cfg.accum, devices)
+
+    def put(local: PackedBatch) -> PackedBatch:
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(
+                batch_sharding, x, global_lead + x.shape[2:]
+            ),
+            local,
+        )
 
     def save(step):
         meta = {"data": pipeline.get_state(), "model_config": model_cfg.to_dict(), "step": step}
@@ -297,47 +426,58 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
         initial=start,
         desc="pretrain",
         unit="step",
-        disable=not progress,
+        disable=not (progress and main),
         file=sys.stderr,
     )
     history = []
     correct = np.zeros(len(names))
     count = np.zeros(len(names))
-    for step in range(start, cfg.steps):
-        t0 = time.perf_counter()
-        batches = _stack(next(pipeline))
-        rng, step_rng = jax.random.split(rng)
-        state, metrics = train_step(state, batches, step_rng)
-        metrics = jax.device_get(metrics)
-        if not np.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"pretrain: loss became {metrics['loss']} at step {step}")
-        correct += metrics["dataset_correct"]
-        count += metrics["dataset_count"]
-        rows = int(np.asarray(batches.group_sizes).sum())
-        record = {
-            "step": step + 1,
-            "loss": float(metrics["loss"]),
-            "accuracy": float(metrics["correct"] / max(metrics["count"], 1)),
-            "lr": float(lr_schedule(step)),
-            "grad_norm": float(metrics["grad_norm"]),
-            "tokens_per_s": round(rows / (time.perf_counter() - t0), 1),
-        }
-        history.append(record)
-        if log_stream is not None and (step + 1) % cfg.log_every == 0:
-            log_stream.write(json.dumps(record) + "\n")
-            log_stream.flush()
-        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
-        bar.update(1)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save(step + 1)
+    preempted = False
+    with _Preemption() as preemption:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            local = _step_layout(next(pipeline), cfg.accum)
+            rows = int(np.asarray(local.group_sizes).sum()) * blocks
+            rng, step_rng = jax.random.split(rng)
+            state, metrics = train_step(state, put(local), step_rng)
+            metrics = _to_host(metrics)
+            if not np.isfinite(metrics["loss"]):
+                raise FloatingPointError(f"pretrain: loss became {metrics['loss']} at step {step}")
+            correct += metrics["dataset_correct"]
+            count += metrics["dataset_count"]
+            record = {
+                "step": step + 1,
+                "loss": float(metrics["loss"]),
+                "accuracy": float(metrics["correct"] / max(metrics["count"], 1)),
+                "lr": float(lr_schedule(step)),
+                "grad_norm": float(metrics["grad_norm"]),
+                "tokens_per_s": round(rows / (time.perf_counter() - t0), 1),
+            }
+            history.append(record)
+            if log_stream is not None and (step + 1) % cfg.log_every == 0:
+                log_stream.write(json.dumps(record) + "\n")
+                log_stream.flush()
+            bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
+            bar.update(1)
+            preempted = preemption.agreed() and step + 1 < cfg.steps
+            if preempted or (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                save(step + 1)
+            if preempted:
+                say(f"pretrain: SIGTERM: saved step {step + 1}, stopping")
+                break
     bar.close()
     checkpointer.close()
 
-    params_np = jax.tree.map(np.asarray, jax.device_get(state.params))
-    save_model_dir(workdir / "model", params_np, {"graphfm": model_cfg.to_dict()})
+    replicated = NamedSharding(mesh, P())
+    params_np = _to_host(jax.jit(lambda p: p, out_shardings=replicated)(state.params))
     summary = {
         "model": cfg.model,
         "steps": cfg.steps,
+        "last_step": int(_to_host(state.step)),
+        "preempted": preempted,
+        "mesh": mesh_shape,
+        "processes": jax.process_count(),
+        "buckets_per_step": devices * cfg.accum,
         "datasets": len(names),
         "corpus_nodes": int(sum(d.num_nodes for d in datasets)),
         "final_loss": history[-1]["loss"] if history else None,
@@ -349,5 +489,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
         "seconds": round(time.perf_counter() - t_start, 1),
         "model_dir": str(workdir / "model"),
     }
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if main and not preempted:
+        save_model_dir(workdir / "model", params_np, {"graphfm": model_cfg.to_dict()})
+    if main:
+        write_json_atomic(workdir / "summary.json", summary)
     return summary
