@@ -48,6 +48,8 @@ def _pretrain(args) -> int:
         devices=args.devices,
         mesh=args.mesh,
         node_budget=args.node_budget,
+        target_budget=args.target_budget,
+        keep=args.keep,
         optimizer=OptimizerConfig(**dataclasses.asdict(opt)),
         workdir=args.workdir,
         checkpoint_every=args.checkpoint_every or args.steps,
@@ -185,6 +187,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
     p.add_argument("--process-id", type=int, help="this process (with --coordinator)")
     p.add_argument("--node-budget", type=int, default=2048, help="node rows per packed bucket")
+    p.add_argument(
+        "--target-budget", type=int, default=256, help="decoded target nodes per packed bucket"
+    )
+    p.add_argument("--keep", type=int, default=3, help="newest checkpoints kept")
     p.add_argument("--lr", type=float, help="peak learning rate (LAMB)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--workdir", default="runs/pretrain")

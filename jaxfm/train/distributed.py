@@ -4,8 +4,10 @@ Three cases, checked in order:
 
 1. explicit ``coordinator`` (``HOST:PORT``), ``num_processes`` and ``process_id`` (CLI flags
    ``--coordinator --num-processes --process-id``), e.g. two processes on one machine;
-2. a multi-process environment JAX detects by itself: a Cloud TPU pod slice (``TPU_WORKER_*`` /
-   ``MEGASCALE_*`` variables), or a SLURM job step with several tasks (``SLURM_NTASKS`` > 1);
+2. a multi-process environment JAX detects by itself: a Cloud TPU VM (``TPU_WORKER_HOSTNAMES``,
+   ``MEGASCALE_*``, ``TPU_ACCELERATOR_TYPE`` variables or TPU device files; JAX reads the slice
+   from the metadata server, one host included), a SLURM job step with several tasks
+   (``SLURM_NTASKS`` > 1), or any cluster JAX knows when ``JAXFM_DISTRIBUTED=1``;
 3. otherwise a single process: nothing to initialize.
 
 On CPU the cross-process collectives use gloo. Must run before anything touches a device.
@@ -22,13 +24,19 @@ __all__ = ["initialize", "is_main_process"]
 
 def _detected_cluster() -> str | None:
     env = os.environ
-    if any(k.startswith(("TPU_WORKER_HOSTNAMES", "MEGASCALE_")) for k in env):
-        hosts = env.get("TPU_WORKER_HOSTNAMES", "")
-        if "," in hosts or "MEGASCALE_COORDINATOR_ADDRESS" in env:
-            return "tpu-pod"
+    if env.get("JAXFM_DISTRIBUTED", "").lower() in ("1", "true", "yes"):
+        return "forced"  # JAX's own detection (any cluster type it knows)
+    if "," in env.get("TPU_WORKER_HOSTNAMES", "") or "MEGASCALE_COORDINATOR_ADDRESS" in env:
+        return "tpu-pod"
+    if env.get("TPU_ACCELERATOR_TYPE") or env.get("CLOUD_TPU_TASK_ID") or _tpu_vm_devices():
+        return "tpu-vm"  # JAX reads the slice's hosts from the TPU metadata server
     if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
         return "slurm"
     return None
+
+
+def _tpu_vm_devices() -> bool:
+    return os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")
 
 
 def initialize(

@@ -377,6 +377,11 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
     state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
     optimizer, lr_schedule = _make_optimizer(cfg, abstract.params, scales)
 
+    replicated = NamedSharding(mesh, P())
+
+    def rng_global(key):  # a mesh-replicated array: every process holds (and saves) the same key
+        return jax.device_put(np.asarray(jax.random.key_data(key)), replicated)
+
     checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep)
     start = 0
     if resume:
@@ -388,10 +393,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
                     "model config or corpus; use a fresh --workdir"
                 )
 
-        replicated = NamedSharding(mesh, P())
-        rng_data = jax.device_put(jax.random.key_data(rng), replicated)
         got = checkpointer.restore_latest(
-            abstract_like({"train": state, "rng": rng_data}), check_meta=same_run
+            abstract_like({"train": state, "rng": rng_global(rng)}), check_meta=same_run
         )
         if got is not None:
             step, tree, meta = got
@@ -418,7 +421,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
 
     def save(step):
         meta = {"data": pipeline.get_state(), "model_config": model_cfg.to_dict(), "step": step}
-        tree = {"train": state, "rng": jax.random.key_data(rng)}
+        tree = {"train": state, "rng": rng_global(rng)}
         checkpointer.save(step, tree, meta, force=True)
 
     bar = tqdm(
@@ -468,7 +471,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
     bar.close()
     checkpointer.close()
 
-    replicated = NamedSharding(mesh, P())
     params_np = _to_host(jax.jit(lambda p: p, out_shardings=replicated)(state.params))
     summary = {
         "model": cfg.model,
