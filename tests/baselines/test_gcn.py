@@ -24,11 +24,15 @@ def test_duplicate_and_reverse_edges_are_counted_once():
     assert sorted(zip(s1, r1, w1, strict=True)) == sorted(zip(s2, r2, w2, strict=True))
 
 
-def test_sparse_and_dense_features_give_the_same_gcn_output():
+def test_sparse_and_dense_features_give_the_same_gcn_output(monkeypatch):
     rng = np.random.default_rng(0)
     x = (rng.random((6, 5)) < 0.4).astype(np.float32)
     s, r, w = (jnp.asarray(a) for a in gcn_norm(np.arange(5), np.arange(1, 6), 6))
+    from jaxfm.train import node_baselines
     from jaxfm.train.node_baselines import _features
+
+    assert isinstance(_features(sp.csr_matrix(x)), jax.Array)  # small: densified
+    monkeypatch.setattr(node_baselines, "DENSE_LIMIT", 0)  # large ones stay sparse (BCOO)
 
     model = GCN(hidden=4, num_classes=3)
     xs = _features(sp.csr_matrix(x))
