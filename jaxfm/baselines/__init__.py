@@ -1,6 +1,32 @@
-"""Baselines trained on the same batches and loop as FIMP/GraphFM."""
+"""Baselines trained on the same batches and loop as FIMP/GraphFM.
 
-from jaxfm.baselines.gcn import GCN, FeatureMLP
+Message-passing layers share one contract (``features`` attribute;
+``__call__(h, senders, receivers, *, edge_mask=None, node_mask=None, deterministic=True)``):
+:class:`GCNLayer`, :class:`SAGELayer`, :class:`GATLayer`, :class:`GINLayer`, :class:`GPSLayer`;
+:class:`GNN` stacks them (``kind`` in :data:`KINDS`). :class:`GraphMAE` is the masked-autoencoder
+pretraining baseline (with :func:`linear_probe`).
+"""
+
+from jaxfm.baselines.gat import GATLayer
+from jaxfm.baselines.gcn import GCN, FeatureMLP, GCNLayer
+from jaxfm.baselines.gin import GINLayer
+from jaxfm.baselines.gnn import GNN, KINDS
+from jaxfm.baselines.gps import GPSLayer
+from jaxfm.baselines.graphmae import GraphMAE, linear_probe
 from jaxfm.baselines.node_mlp import NodeMLP
+from jaxfm.baselines.sage import SAGELayer
 
-__all__ = ["GCN", "FeatureMLP", "NodeMLP"]
+__all__ = [
+    "GCN",
+    "GNN",
+    "KINDS",
+    "FeatureMLP",
+    "GATLayer",
+    "GCNLayer",
+    "GINLayer",
+    "GPSLayer",
+    "GraphMAE",
+    "NodeMLP",
+    "SAGELayer",
+    "linear_probe",
+]
