@@ -354,7 +354,7 @@ def embed_graph(checkpoint: str, dataset: str, out: str, *, chunk: int = 512) ->
             num_datasets=len(model_cfg.datasets),
         )
         if params is None:
-            fresh = model.init(jax.random.key(0), batch)["params"]
+            fresh = jax.jit(lambda k, b: model.init(k, b)["params"])(jax.random.key(0), batch)
             params = _transplant(fresh, pretrained, checkpoint)
         emb[ids] = np.asarray(embed(params, batch))[np.asarray(batch.target_mask)]
     out_path = Path(out)
