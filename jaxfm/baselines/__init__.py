@@ -13,12 +13,14 @@ from jaxfm.baselines.gin import GINLayer
 from jaxfm.baselines.gnn import GNN, KINDS
 from jaxfm.baselines.gps import GPSLayer
 from jaxfm.baselines.graphmae import GraphMAE, linear_probe
+from jaxfm.baselines.node_gnn import GNN_KINDS, NodeGNN
 from jaxfm.baselines.node_mlp import NodeMLP
 from jaxfm.baselines.sage import SAGELayer
 
 __all__ = [
     "GCN",
     "GNN",
+    "GNN_KINDS",
     "KINDS",
     "FeatureMLP",
     "GATLayer",
@@ -26,6 +28,7 @@ __all__ = [
     "GINLayer",
     "GPSLayer",
     "GraphMAE",
+    "NodeGNN",
     "NodeMLP",
     "SAGELayer",
     "linear_probe",

@@ -1,6 +1,7 @@
 """`jaxfm fimp ...`: FIMP training, zero-shot embeddings and attention maps.
 
 jaxfm fimp train --task {expression,celltype,fmri,image} --data PATH|synthetic
+                 [--model {fimp,mlp,gcn,sage,gat,gin,gps}] [--fill {zero,noise,mean,interp}]
                  [--init {scratch,vit,scgpt,genept,brainlm} --checkpoint OUT|TABLE] [...]
 jaxfm fimp embed --model {fimp-vit,fimp-scgpt,fimp-brainlm} --checkpoint OUT --data PATH|synthetic
                  --out FILE.npy [...]
@@ -48,6 +49,10 @@ def _fimp_train(args) -> int:
         overrides["separate_self"] = False
     run = RunConfig(
         task=args.task,
+        model=args.model,
+        baseline_hidden=args.hidden,
+        baseline_depth=args.depth,
+        fill=args.fill,
         data=args.data,
         variant=args.variant,
         overrides=overrides,
@@ -79,6 +84,7 @@ def _fimp_train(args) -> int:
         k: results[k]
         for k in (
             "task",
+            "model",
             "dataset",
             "init",
             "pretrained",
@@ -167,6 +173,23 @@ def add_parser(sub) -> None:
         default="synthetic",
         help="dataset file (.h5ad/.loom for expression/celltype, .npz for image/fmri) "
         "or 'synthetic' (default)",
+    )
+    t.add_argument(
+        "--model",
+        default="fimp",
+        choices=["fimp", "mlp", "gcn", "sage", "gat", "gin", "gps"],
+        help="FIMP, or a baseline: mlp (no graph) or a GNN (GCN, GraphSAGE, GAT, GIN, GPS)",
+    )
+    t.add_argument("--hidden", type=int, default=128, help="baselines: hidden width")
+    t.add_argument(
+        "--depth", type=int, default=2, help="baselines: layers (message-passing hops for GNNs)"
+    )
+    t.add_argument(
+        "--fill",
+        default="zero",
+        choices=["zero", "noise", "mean", "interp"],
+        help="baselines on fmri: fill masked patches with zeros, noise, the region mean or "
+        "linear interpolation in time (FIMP paper, appendix B.3)",
     )
     t.add_argument("--variant", default="tiny", help="FIMP size preset: tiny, small, base")
     t.add_argument("--num-layers", type=int, help="FIMP layers (message-passing hops)")

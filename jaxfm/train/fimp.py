@@ -20,7 +20,8 @@ import jraph
 import numpy as np
 import optax
 
-from jaxfm.baselines import NodeMLP
+from jaxfm.baselines.node_gnn import GNN_KINDS, NodeGNN
+from jaxfm.baselines.node_mlp import FILLS, NodeMLP
 from jaxfm.fimp import pretrained as P
 from jaxfm.fimp.config import VARIANTS, FIMPConfig, PretrainedConfig, fimp_config
 from jaxfm.fimp.genept import GeneTable, match_gene_table, read_gene_table
@@ -43,6 +44,8 @@ from jaxfm.train.optim import OptimizerConfig, make_optimizer
 from jaxfm.train.param_rules import label_params
 
 __all__ = [
+    "GNN_MODELS",
+    "MODELS",
     "RunConfig",
     "data_options_for",
     "evaluate_split",
@@ -51,6 +54,11 @@ __all__ = [
     "pretrained_setup",
     "train_fimp",
 ]
+
+#: ``RunConfig.model`` choices: FIMP, the no-graph MLP and the GNN baselines
+#: (:class:`jaxfm.baselines.node_gnn.NodeGNN`).
+GNN_MODELS = GNN_KINDS
+MODELS = ("fimp", "mlp", *GNN_MODELS)
 
 _MONITOR = {
     "expression": ("mse", "min"),
@@ -66,7 +74,9 @@ class RunConfig:
 
     Attributes:
       task: ``expression``, ``celltype``, ``image`` or ``fmri``.
-      model: ``"fimp"`` or ``"mlp"`` (the no-graph baseline :class:`jaxfm.baselines.NodeMLP`).
+      model: ``"fimp"``, ``"mlp"`` (the no-graph baseline :class:`jaxfm.baselines.NodeMLP`) or
+        a GNN baseline ``"gcn"``, ``"sage"``, ``"gat"``, ``"gin"``, ``"gps"``
+        (:class:`jaxfm.baselines.node_gnn.NodeGNN`; node tasks sample ``baseline_depth`` hops).
       data: dataset path or ``"synthetic"``.
       variant: FIMP size preset (:data:`jaxfm.fimp.config.VARIANTS`).
       overrides: FIMPConfig field overrides (e.g. ``{"num_layers": 2}``).
@@ -83,6 +93,10 @@ class RunConfig:
       checkpoint: the pretrained source of ``init``.
       freeze_pretrained: keep the grafted pretrained parameters fixed (zero updates).
       pretrained_layers: use only the first k encoder layers as the message creator.
+      baseline_hidden, baseline_depth: width and layers (message-passing layers for GNNs) of
+        the baselines.
+      fill: baselines on ``fmri`` only: how masked patches reach their inputs
+        (:data:`jaxfm.baselines.node_mlp.FILLS`: ``zero``, ``noise``, ``mean``, ``interp``).
     """
 
     task: str
@@ -105,6 +119,9 @@ class RunConfig:
     checkpoint: str | None = None
     freeze_pretrained: bool = False
     pretrained_layers: int | None = None
+    baseline_hidden: int = 128
+    baseline_depth: int = 2
+    fill: str = "zero"
 
     def __post_init__(self):
         if self.init not in P.INIT_CHOICES:
@@ -114,11 +131,25 @@ class RunConfig:
         if self.init == "scratch" and (self.checkpoint or self.freeze_pretrained):
             raise ValueError("--checkpoint / --freeze-pretrained need --init other than scratch")
         if self.init != "scratch" and self.model != "fimp":
-            raise ValueError("--init applies to FIMP models only (not the mlp baseline)")
-        if self.model not in ("fimp", "mlp"):
-            raise ValueError(f"model must be 'fimp' or 'mlp', got {self.model!r}")
-        if self.model == "mlp" and self.save_dir:
+            raise ValueError("--init applies to FIMP models only (not the baselines)")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.model != "fimp" and self.save_dir:
             raise ValueError("save_dir is supported for FIMP models only")
+        if self.fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
+        if self.fill != "zero" and (self.model == "fimp" or self.task != "fmri"):
+            raise ValueError(
+                f"fill={self.fill!r} applies to the baselines on the fmri task only (FIMP "
+                "replaces masked patches with its mask token)"
+            )
+        if self.model == "gps" and self.task == "fmri" and self.batch_size > 1:
+            raise ValueError(
+                "model 'gps' on fmri needs batch_size=1: its global attention spans every node "
+                "of a batch, so several recordings in one batch would attend to each other"
+            )
+        if self.baseline_hidden <= 0 or self.baseline_depth <= 0:
+            raise ValueError("baseline_hidden and baseline_depth must be positive")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
         if self.epochs <= 0 or self.batch_size <= 0 or self.patience <= 0:
@@ -385,6 +416,23 @@ def pretrained_setup(
     return cfg, source.params, pairs, report
 
 
+def _model(run: RunConfig, cfg: FIMPConfig, data: FIMPData):
+    """The model of ``run.model`` and the neighbourhood hops its batches need."""
+    if run.model == "fimp":
+        return FIMPTaskModel(cfg, run.task, data.num_classes), cfg.num_layers
+    common = dict(
+        task=run.task,
+        tokenizer=data.tokenizer,
+        num_classes=data.num_classes,
+        hidden=run.baseline_hidden,
+        depth=run.baseline_depth,
+        fill=run.fill,
+    )
+    if run.model == "mlp":
+        return NodeMLP(**common), 0
+    return NodeGNN(kind=run.model, **common), run.baseline_depth
+
+
 def _freeze(optimizer, params, pairs):
     labels = label_params(
         params, [(rx, "frozen") for rx in P.pretrained_path_rules(pairs)], default="train"
@@ -412,10 +460,7 @@ def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) 
         cfg, pre_tensors, pairs, pre_report = pretrained_setup(
             cfg, source, data, num_layers=run.pretrained_layers
         )
-    if run.model == "fimp":
-        model, hops = FIMPTaskModel(cfg, run.task, data.num_classes), cfg.num_layers
-    else:
-        model, hops = NodeMLP(run.task, data.tokenizer, data.num_classes), 0
+    model, hops = _model(run, cfg, data)
     mk = lambda split, shuffle: _Batches(
         data,
         split,
@@ -476,6 +521,9 @@ def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) 
     results = {
         "task": run.task,
         "model": run.model,
+        "baseline": None
+        if run.model == "fimp"
+        else {"hidden": run.baseline_hidden, "depth": run.baseline_depth, "fill": run.fill},
         "data": run.data,
         "dataset": data.metadata.get("dataset"),
         "variant": run.variant,
