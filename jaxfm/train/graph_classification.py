@@ -27,7 +27,6 @@ as in the GIN paper's tables).
 from __future__ import annotations
 
 import dataclasses
-import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -414,31 +413,6 @@ def _make_step(loss_fn, tx):
 # GraphFM: graph-level MFT of a pretrained model.
 
 
-def _transplant_graph(new: dict, pretrained: dict, source: str) -> tuple[dict, list[str]]:
-    """New params with the pretrained trunk copied in; returns the params and the paths kept
-    fresh. Dataset-specific paths stay fresh; the graph decoder too when the checkpoint has
-    none (pretrained without ``graph_decoder``)."""
-    from jaxfm.model_dir import flatten_params, unflatten_params
-
-    new_flat, old_flat = flatten_params(new), flatten_params(pretrained)
-    fresh_rx = ("^tokenizer/feature_mlp/", "^heads/", "^graph_heads/")
-    fresh = [p for p in new_flat if any(re.search(r, p) for r in fresh_rx)]
-    fresh += [p for p in new_flat if p.startswith("graph_decoder/") and p not in old_flat]
-    missing = [p for p in new_flat if p not in fresh and p not in old_flat]
-    bad = [
-        f"{p} {old_flat[p].shape} vs {new_flat[p].shape}"
-        for p in new_flat
-        if p not in fresh and p in old_flat and old_flat[p].shape != new_flat[p].shape
-    ]
-    if missing or bad:
-        raise ValueError(
-            f"{source}: the checkpoint does not fit the graph-classification model; missing: "
-            f"{missing[:8]}; shape mismatches: {bad[:8]}"
-        )
-    out = {p: (v if p in fresh else old_flat[p]) for p, v in new_flat.items()}
-    return jax.device_put(unflatten_params(out)), fresh  # device_put: no per-shape compile
-
-
 class _PackedGraphs:
     """The dataset's graphs as :class:`~jaxfm.data.packing.PackUnit` s (corpus features and
     Laplacian PEs, as in pretraining), packed whole, several per bucket, by ``pack_bucket``.
@@ -557,7 +531,7 @@ def finetune_graphfm_graph(
     """
     from jaxfm.graphfm import GraphFM, loss_and_metrics
     from jaxfm.train import param_rules
-    from jaxfm.train.graphfm_finetune import load_pretrained_graphfm
+    from jaxfm.train.graphfm_finetune import load_pretrained_graphfm, transplant_pretrained
 
     if epochs < 1 or batch_graphs < 1:
         raise ValueError("finetune_graphfm_graph: epochs and batch_graphs must be >= 1")
@@ -590,8 +564,11 @@ def finetune_graphfm_graph(
         rng = np.random.default_rng([seed, fi])
         key = jax.random.key(int(rng.integers(2**31)))
         key, init_key = jax.random.split(key)
-        params, fresh = _transplant_graph(
-            init(init_key, evals["val"][0][1]), pretrained, str(model_dir)
+        params, fresh = transplant_pretrained(
+            init(init_key, evals["val"][0][1]),
+            pretrained,
+            str(model_dir),
+            fresh_if_absent=("graph_decoder/",),
         )
         if steps is None:  # one optimiser and one compiled step per size class, for every fold
             tx = param_rules.masked_optimizer(

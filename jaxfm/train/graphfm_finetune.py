@@ -39,6 +39,7 @@ __all__ = [
     "load_pretrained_graphfm",
     "splits_for",
     "trainable_rules",
+    "transplant_pretrained",
     "write_json_atomic",
 ]
 
@@ -116,11 +117,23 @@ def load_pretrained_graphfm(path: str | os.PathLike) -> tuple[GraphFMConfig, dic
     return GraphFMConfig.from_dict(config["graphfm"]), params
 
 
-def _transplant(new_params: dict, pretrained: dict, source: str) -> dict:
-    """New params with every shared-trunk tensor taken from ``pretrained`` (shapes must match)."""
+def transplant_pretrained(
+    new_params: dict, pretrained: dict, source: str, *, fresh_if_absent: tuple[str, ...] = ()
+) -> tuple[dict, list[str]]:
+    """New params with every shared-trunk tensor taken from ``pretrained`` (shapes must match).
+
+    Returns the params and the paths kept fresh: the dataset-specific ones (:data:`NEW_PARAMS`),
+    plus those under a ``fresh_if_absent`` prefix that the checkpoint lacks (e.g. a graph decoder
+    a node-level pretraining never trained).
+    """
     new_flat = flatten_params(new_params)
     old_flat = flatten_params(pretrained)
     keep_new = [p for p in new_flat if any(re.search(r, p) for r in NEW_PARAMS)]
+    keep_new += [
+        p
+        for p in new_flat
+        if p not in keep_new and p not in old_flat and p.startswith(tuple(fresh_if_absent))
+    ]
     missing = [p for p in new_flat if p not in keep_new and p not in old_flat]
     shape_mismatch = [
         f"{p} {old_flat[p].shape} vs {new_flat[p].shape}"
@@ -133,7 +146,7 @@ def _transplant(new_params: dict, pretrained: dict, source: str) -> dict:
             f"config?); missing: {missing[:8]}; shape mismatches: {shape_mismatch[:8]}"
         )
     out = {p: (v if p in keep_new else old_flat[p]) for p, v in new_flat.items()}
-    return jax.tree.map(jnp.asarray, unflatten_params(out))
+    return jax.device_put(unflatten_params(out)), keep_new  # device_put: no per-shape compile
 
 
 def splits_for(
@@ -260,7 +273,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, log_stream=None) -> 
             raise ValueError(f"{ds.name} split {split_index}: no labelled training node")
         example, _ = batcher.batch(train_nodes[:1], 0)
         fresh = jax.jit(lambda k, b: model.init(k, b)["params"])(init_key, example)
-        params = _transplant(fresh, pretrained, cfg.checkpoint)
+        params, _ = transplant_pretrained(fresh, pretrained, cfg.checkpoint)
         best = {"val_accuracy": -1.0}
         phase_rules: list[str] | None = None
         lr = cfg.learning_rate
@@ -355,7 +368,7 @@ def embed_graph(checkpoint: str, dataset: str, out: str, *, chunk: int = 512) ->
         )
         if params is None:
             fresh = jax.jit(lambda k, b: model.init(k, b)["params"])(jax.random.key(0), batch)
-            params = _transplant(fresh, pretrained, checkpoint)
+            params, _ = transplant_pretrained(fresh, pretrained, checkpoint)
         emb[ids] = np.asarray(embed(params, batch))[np.asarray(batch.target_mask)]
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
