@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfm.foundation.family_config import checked_fields
 from jaxfm.foundation.nystrom import HF_ACTIVATIONS, NystromformerLayer
 
 __all__ = [
@@ -205,17 +206,7 @@ class BrainLMConfig:
         Raises:
           ValueError: for another family or a key that is not a config field (named).
         """
-        config = dict(config)
-        family = config.pop("family", FAMILY)
-        if family != FAMILY:
-            raise ValueError(
-                f"BrainLMConfig.from_dict: config is for family {family!r}, not brainlm"
-            )
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - fields)
-        if unknown:
-            raise ValueError(f"BrainLMConfig.from_dict: unknown keys {unknown}")
-        return cls(**config)
+        return cls(**checked_fields(cls, config, FAMILY))
 
 
 # ----------------------------------------------------------------------------- pure functions

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfm.foundation.family_config import checked_fields
 from jaxfm.nn import TransformerLayer
 
 __all__ = [
@@ -170,15 +171,7 @@ class ScGPTConfig:
         Raises:
           ValueError: for another family or a key that is not a config field (named).
         """
-        config = dict(config)
-        family = config.pop("family", FAMILY)
-        if family != FAMILY:
-            raise ValueError(f"ScGPTConfig.from_dict: config is for family {family!r}, not scgpt")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - fields)
-        if unknown:
-            raise ValueError(f"ScGPTConfig.from_dict: unknown keys {unknown}")
-        return cls(**config)
+        return cls(**checked_fields(cls, config, FAMILY))
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:

@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxfm.foundation.family_config import checked_fields
 from jaxfm.nn import ACTIVATIONS, TransformerLayer
 
 __all__ = [
@@ -153,14 +154,7 @@ class ViTConfig:
         Raises:
           ValueError: unknown keys or a family other than ``"vit"``.
         """
-        d = dict(d)
-        family = d.pop("family", "vit")
-        if family != "vit":
-            raise ValueError(f"ViTConfig.from_dict: family is {family!r}, not 'vit'")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ViTConfig.from_dict: unknown keys {unknown}")
+        d = checked_fields(cls, d, "vit")
         if "image_size" in d and not isinstance(d["image_size"], int):
             d["image_size"] = tuple(d["image_size"])
         return cls(**d)
