@@ -5,6 +5,16 @@ majority class), on the same split.
 
     python experiments/fimp/osmfish.py                      # all tasks and models, 2 seeds
     python experiments/fimp/osmfish.py --models gcn sage gat gin gps   # only these; merged
+    python experiments/fimp/osmfish.py --models fimp-scgpt --scgpt DIR  # a converted scGPT
+    python experiments/fimp/osmfish.py --models fimp-scgpt --scgpt fixture --seeds 0
+
+FIMP-scGPT (``fimp-scgpt``) needs ``--scgpt``: a ``jaxfm convert scgpt`` output directory
+(osmFISH's mouse symbols are matched case-insensitively to its vocabulary), or ``fixture``: the
+shipped random-init scGPT fixture (``../shared/fixtures/scgpt_small_torch``), converted here.
+That fixture's 200-gene vocabulary holds none of osmFISH's genes, so ``fixture`` also writes a
+*surrogate* vocabulary that assigns the 33 osmFISH genes to the fixture's first 33 gene ids: the
+run exercises the whole pipeline (convert -> gene mapping -> grafted FIMP-scGPT -> train -> test
+metrics), but its numbers are those of a random-init model, not of pretrained scGPT.
 
 Writes ``results.json`` (every run) and ``results.md`` (mean ± std over seeds) to ``--out``.
 Runs already in ``--out/results.json`` for other (task, model) pairs are kept, so a
@@ -36,9 +46,35 @@ DEFAULT_DATA = (
 # creator for self loops and neighbours (the node's own message weighs 1/(degree+1) in the mean);
 # fimp-nograph: self loops only.
 METRICS = {"celltype": ("accuracy", "macro_f1"), "expression": ("mse", "r2")}
-FIMP_MODELS = ("fimp", "fimp-sharedself", "fimp-nograph")
+FIMP_MODELS = ("fimp", "fimp-sharedself", "fimp-nograph", "fimp-scgpt")
 GNN_MODELS = ("gcn", "sage", "gat", "gin", "gps")
 MODELS = (*FIMP_MODELS, *GNN_MODELS, "mlp", "trivial")  # also the table's row order
+DEFAULT_MODELS = [m for m in MODELS if m != "fimp-scgpt"]  # fimp-scgpt needs --scgpt
+SCGPT_FIXTURE = REPO.parent / "shared/fixtures/scgpt_small_torch"
+
+
+def scgpt_checkpoint(choice: str, data: str, workdir: Path) -> str:
+    """The converted scGPT directory for ``--scgpt`` (``fixture``: converted + surrogate vocab)."""
+    if choice != "fixture":
+        if not (Path(choice) / "config.json").is_file():
+            raise SystemExit(f"--scgpt {choice}: not a `jaxfm convert scgpt` output directory")
+        return choice
+    from converters.cli import main as convert
+    from jaxfm.foundation.scgpt import load_vocab
+    from jaxfm.model_dir import write_json_atomic
+
+    out = workdir / "scgpt_fixture_surrogate"
+    if not SCGPT_FIXTURE.is_dir():
+        raise SystemExit(f"--scgpt fixture: {SCGPT_FIXTURE} is absent (needs ../shared)")
+    if not (out / "config.json").is_file() and convert(["scgpt", str(SCGPT_FIXTURE), str(out)]):
+        raise SystemExit(f"converting {SCGPT_FIXTURE} failed (see above)")
+    genes = prepare_fimp_data("celltype", data, DataOptions(max_genes=64)).metadata["gene_names"]
+    vocab = load_vocab(out)
+    symbols = sorted((s for s in vocab if not s.startswith("<")), key=lambda s: vocab[s])
+    surrogate = {s: i for s, i in vocab.items() if s.startswith("<")}
+    surrogate.update({str(g): vocab[s] for g, s in zip(genes, symbols, strict=False)})
+    write_json_atomic(out / "vocab.json", surrogate)
+    return str(out)
 
 
 def trivial_baseline(task: str, data: str, opts: DataOptions) -> dict:
@@ -74,7 +110,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--tasks", nargs="+", default=["celltype", "expression"])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=MODELS)
+    p.add_argument(
+        "--scgpt",
+        help="fimp-scgpt's checkpoint: a `jaxfm convert scgpt` directory, or `fixture`",
+    )
+    p.add_argument("--workdir", default=str(REPO / "runs/osmfish"), help="converted checkpoints")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--variant", default="tiny")
     p.add_argument("--epochs", type=int, default=30)
@@ -87,6 +128,9 @@ def main(argv=None) -> int:
     if not Path(args.data).exists():
         print(f"osmFISH file not found: {args.data} (pass --data)", file=sys.stderr)
         return 2
+    if "fimp-scgpt" in args.models and not args.scgpt:
+        p.error("--models fimp-scgpt needs --scgpt DIR (a converted scGPT) or --scgpt fixture")
+    scgpt = scgpt_checkpoint(args.scgpt, args.data, Path(args.workdir)) if args.scgpt else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = _previous_runs(out, args.tasks, args.models)
@@ -105,7 +149,7 @@ def main(argv=None) -> int:
                         model="fimp" if model in FIMP_MODELS else model,
                         data=args.data,
                         variant=args.variant,
-                        overrides={"separate_self": model == "fimp"}
+                        overrides={"separate_self": model in ("fimp", "fimp-scgpt")}
                         if model in FIMP_MODELS
                         else {},
                         data_options=dataclasses.replace(
@@ -118,6 +162,8 @@ def main(argv=None) -> int:
                         patience=args.patience,
                         batch_size=args.batch_size,
                         seed=seed,
+                        init="scgpt" if model == "fimp-scgpt" else "scratch",
+                        checkpoint=scgpt if model == "fimp-scgpt" else None,
                     )
                     res = train_fimp(run, log_stream=None, progress=True)
                     test, val = res["test"], res["val"]
@@ -127,6 +173,8 @@ def main(argv=None) -> int:
                         "num_edges": res["num_edges"],
                         "split_sizes": res["split_sizes"],
                     }
+                    if res.get("pretrained"):  # checkpoint, layers, gene mapping report
+                        extra["pretrained"] = res["pretrained"]
                 rec = {
                     "task": task,
                     "model": model,

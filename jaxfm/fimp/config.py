@@ -172,11 +172,18 @@ class FMRITokenizerConfig:
       patch_size: timepoints per patch (20 in BrainLM / the paper).
       num_patches: patches per region; the signal length is ``patch_size * num_patches``.
       dim: token width; ``None`` inherits :attr:`FIMPConfig.dim` (must be even).
+      xyz_scale: region coordinates are multiplied by this before ``xyz_projection``. The
+        default suits MNI millimetres (the A424 atlas spans about +-70 mm): the spatial term
+        then has the order of the patch projection. Raw millimetres (scale 1) swamp every token
+        with a term ~50x larger than its signal and temporal parts, and FIMP-base then barely
+        learns fMRI reconstruction. (FIMP-BrainLM's tokenizer takes raw coordinates, as BrainLM
+        was trained.)
     """
 
     patch_size: int = 20
     num_patches: int
     dim: int | None = None
+    xyz_scale: float = 0.02
 
     def __post_init__(self):
         _positive("patch_size", self.patch_size)
@@ -184,6 +191,11 @@ class FMRITokenizerConfig:
         _positive("dim", self.dim, optional=True)
         _require(
             self.dim is None or self.dim % 2 == 0, f"fMRI token dim must be even, got {self.dim}"
+        )
+        _require(
+            isinstance(self.xyz_scale, int | float) and 0 < self.xyz_scale < float("inf"),
+            f"FMRITokenizerConfig.xyz_scale must be a positive finite number, got "
+            f"{self.xyz_scale!r}",
         )
 
     @property

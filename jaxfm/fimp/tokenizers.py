@@ -7,7 +7,8 @@ Each tokenizer turns one node's raw features into a sequence of feature tokens a
   gene-identity embedding (``gene_embedding``, loadable from scGPT / GenePT); concat or sum.
 * :class:`ImageTokenizer`: ViT patches, ``W`` = ``patch_projection``, ``p_i`` = fixed 2-D sinusoid.
 * :class:`FMRITokenizer`: BrainLM patches of 20 timepoints, ``W`` = ``patch_projection``, position =
-  learned XYZ projection (spatial) + fixed 1-D sinusoid (temporal), summed as in BrainLM.
+  learned projection of the scaled XYZ (spatial) + fixed 1-D sinusoid (temporal), summed as in
+  BrainLM.
 
 Pretrained variants reuse a foundation model's own embedding layer (weights grafted in by
 :mod:`jaxfm.fimp.pretrained`); the wrapped model keeps its parameter names under one submodule:
@@ -246,7 +247,7 @@ class FMRITokenizer(nn.Module):
         mask_token = self.param("mask_token", _EMBED_INIT, (dim,), self.param_dtype)
         if patch_mask is not None:
             emb = jnp.where(patch_mask[..., None], mask_token.astype(emb.dtype), emb)
-        spatial = dense("xyz_projection")(xyz)[:, None, :]  # [N, 1, D]
+        spatial = dense("xyz_projection")(xyz * cfg.xyz_scale)[:, None, :]  # [N, 1, D]
         temporal = jnp.asarray(sinusoidal_1d(cfg.num_patches, dim), emb.dtype)  # [P, D]
         tokens = emb + spatial + temporal
         return tokens, jnp.ones(tokens.shape[:2], bool)

@@ -112,12 +112,13 @@ def test_fmri_patching_and_mask_token():
     cfg = FMRITokenizerConfig(patch_size=4, num_patches=3)
     signal = np.arange(2 * 12, dtype=np.float32).reshape(2, 12)
     np.testing.assert_array_equal(patchify_signal(jnp.asarray(signal), 4)[1, 2], signal[1, 8:12])
-    xyz = np.array([[0.1, 0.2, 0.3], [-1.0, 0.5, 2.0]], np.float32)
+    xyz = np.array([[10.0, -20.0, 30.0], [-70.0, 5.0, 20.0]], np.float32)  # millimetres
     patch_mask = np.array([[False, True, False], [True, False, False]])
     tok = FMRITokenizer(cfg, dim=8)
     p, (tokens, mask) = _init_apply(tok, signal, xyz, patch_mask)
     assert tokens.shape == (2, 3, 8) and bool(mask.all())
-    spatial = xyz @ p["xyz_projection"]["kernel"] + p["xyz_projection"]["bias"]  # [N, D]
+    # Coordinates enter scaled (x 0.02 by default), so millimetres stay O(1).
+    spatial = (0.02 * xyz) @ p["xyz_projection"]["kernel"] + p["xyz_projection"]["bias"]  # [N, D]
     temporal = sinusoidal_1d(3, 8)
     proj = signal.reshape(2, 3, 4) @ p["patch_projection"]["kernel"] + p["patch_projection"]["bias"]
     emb = np.where(patch_mask[..., None], p["mask_token"], proj)
@@ -127,3 +128,6 @@ def test_fmri_patching_and_mask_token():
     corrupted[0, 4:8] = 1e3
     out2, _ = jax.jit(lambda s: tok.apply({"params": p}, s, xyz, patch_mask))(corrupted)
     np.testing.assert_allclose(out2, tokens, atol=1e-6)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="xyz_scale"):
+            FMRITokenizerConfig(patch_size=4, num_patches=3, xyz_scale=bad)
