@@ -105,18 +105,20 @@ def group_attention_maps(
 
 
 def plot_group_maps(mean, counts, path, *, group_names, token_names, top: int = 4) -> list:
-    """Heatmaps of the ``top`` group pairs with the most token pairs; returns the pairs drawn."""
-    import matplotlib
+    """Heatmaps of the ``top`` group pairs with the most token pairs; returns the pairs drawn.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Draws on a standalone :class:`matplotlib.figure.Figure` (no pyplot state, no backend
+    switch), so it works headless and leaves a notebook's inline plotting untouched.
+    """
+    from matplotlib.figure import Figure
 
     totals = counts.sum(axis=(2, 3))
     order = np.argsort(totals, axis=None)[::-1][:top]
     pairs = [np.unravel_index(i, totals.shape) for i in order if totals.flat[i] > 0]
     ncol = min(2, len(pairs)) or 1
     nrow = max(1, -(-len(pairs) // ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6.5 * ncol, 5.5 * nrow), squeeze=False)
+    fig = Figure(figsize=(6.5 * ncol, 5.5 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     v = mean.shape[-1]
     for ax in axes.flat[len(pairs) :]:
         ax.axis("off")
@@ -134,5 +136,4 @@ def plot_group_maps(mean, counts, path, *, group_names, token_names, top: int = 
     fig.suptitle("FIMP cross-node attention (head mean), receiver group <- sender group")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return [(int(a), int(b)) for a, b in pairs]

@@ -209,3 +209,24 @@ def test_fimp_learns_fmri_reconstruction_over_a424():
         progress=False,
     )
     assert res["test"]["r2"] > 0.4, res["test"]
+
+
+def test_plot_group_maps_writes_png_and_leaves_the_backend_alone(tmp_path):
+    import matplotlib
+
+    from jaxfm.fimp.attention_map import plot_group_maps
+
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")  # stands in for a notebook's inline backend
+    try:
+        mean = np.random.default_rng(0).random((2, 2, 3, 3))
+        counts = np.zeros((2, 2, 3, 3))
+        counts[0, 1], counts[1, 1] = 5, 2
+        pairs = plot_group_maps(
+            mean, counts, tmp_path / "m.png", group_names=["a", "b"], token_names=list("xyz")
+        )
+        assert pairs == [(0, 1), (1, 1)], "group pairs with token pairs, most first"
+        assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(before)
