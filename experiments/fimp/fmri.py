@@ -83,13 +83,13 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=list(RUN_ORDER), choices=MODELS)
     p.add_argument("--fills", nargs="+", default=list(FILLS), choices=FILLS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--num-recordings", type=int, default=48)
+    p.add_argument("--num-recordings", type=int, default=64)
     p.add_argument("--num-timepoints", type=int, default=160)
     p.add_argument("--mask-rate", type=float, default=0.5)
     p.add_argument("--knn", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--patience", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=4, help="recordings per batch (gps: 1)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=4, help="recordings per batch")
     p.add_argument("--hidden", type=int, default=64, help="baselines' width")
     p.add_argument("--fimp-batch-size", type=int, help="FIMP only (default: --batch-size)")
     p.add_argument("--fimp-epochs", type=int, help="FIMP only (default: --epochs)")
@@ -131,9 +131,7 @@ def main(argv=None) -> int:
                         ),
                         epochs=fimp_ep if model == "fimp" else args.epochs,
                         patience=args.patience,
-                        batch_size=fimp_bs
-                        if model == "fimp"
-                        else (1 if model == "gps" else args.batch_size),
+                        batch_size=fimp_bs if model == "fimp" else args.batch_size,
                         seed=seed,
                         baseline_hidden=args.hidden,
                         fill="zero" if model == "fimp" else fill,

@@ -40,9 +40,10 @@ class GNN(nn.Module):
 
     Shapes:
       x ``[N, F]`` (array or BCOO); senders/receivers ``[E]`` int; edge_mask ``[E]`` bool;
-      node_mask ``[N]`` bool -> logits ``[N, C]`` (padded nodes zeroed); with
-      ``return_embedding=True`` also the input of the last layer ``[N, hidden]`` (for ``gps``:
-      the last GPS layer's output; for ``depth=1`` the features themselves).
+      node_mask ``[N]`` bool; segment_ids ``[N]`` int (``gps`` only: the graph of each node,
+      so a batch of graphs attends within each graph) -> logits ``[N, C]`` (padded nodes
+      zeroed); with ``return_embedding=True`` also the input of the last layer ``[N, hidden]``
+      (for ``gps``: the last GPS layer's output; for ``depth=1`` the features themselves).
 
     Raises:
       ValueError: for an unknown ``kind``, ``depth < 1``, or ``heads`` not dividing ``hidden``
@@ -99,6 +100,7 @@ class GNN(nn.Module):
         node_mask=None,
         deterministic: bool = True,
         return_embedding: bool = False,
+        segment_ids=None,
     ):
         kw = dict(edge_mask=edge_mask, node_mask=node_mask, deterministic=deterministic)
 
@@ -113,7 +115,7 @@ class GNN(nn.Module):
             for i in range(self.depth):
                 h = GPSLayer(
                     self.hidden, heads=self.heads, dropout=self.dropout, name=f"layer_{i}"
-                )(h, senders, receivers, **kw)
+                )(h, senders, receivers, segment_ids=segment_ids, **kw)
             emb = h
             logits = Linear(self.num_classes, name="head")(drop(h))
         else:

@@ -35,8 +35,10 @@ class GPSLayer(nn.Module):
     ``norm_local``, ``norm_attn``, ``norm_ffn`` (LayerNorm), and ``input`` if widths differ.
 
     Shapes:
-      h ``[N, F]``; senders/receivers ``[E]`` int; edge_mask ``[E]`` bool; node_mask ``[N]`` bool
-      -> ``[N, features]`` (padded nodes zeroed; they never reach valid nodes).
+      h ``[N, F]``; senders/receivers ``[E]`` int; edge_mask ``[E]`` bool; node_mask ``[N]`` bool;
+      segment_ids ``[N]`` int (the graph of each node, for a batch of several graphs: global
+      attention stays inside a graph; ``None`` = one graph) -> ``[N, features]`` (padded nodes
+      zeroed; they never reach valid nodes).
 
     Raises:
       ValueError: if ``heads`` does not divide ``features``.
@@ -50,7 +52,15 @@ class GPSLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, h, senders, receivers, *, edge_mask=None, node_mask=None, deterministic=True
+        self,
+        h,
+        senders,
+        receivers,
+        *,
+        edge_mask=None,
+        node_mask=None,
+        deterministic=True,
+        segment_ids=None,
     ):
         if self.features % self.heads:
             raise ValueError(
@@ -74,7 +84,18 @@ class GPSLayer(nn.Module):
         k = Linear(d, name="key")(h).reshape(1, n, nh, d // nh)
         v = Linear(d, name="value")(h).reshape(1, n, nh, d // nh)
         kv_mask = None if node_mask is None else jnp.asarray(node_mask, bool)[None]  # [1, N]
-        att = attention(q, k, v, kv_mask=kv_mask, implementation=self.implementation)
+        seg = None  # jaxfm.ops.attention reserves segment id 0 for padding: graphs are 1, 2, ...
+        if segment_ids is not None:
+            seg = jnp.asarray(segment_ids, jnp.int32)[None] + 1  # [1, N]
+        att = attention(
+            q,
+            k,
+            v,
+            q_segment_ids=seg,
+            kv_segment_ids=seg,
+            kv_mask=kv_mask,
+            implementation=self.implementation,
+        )
         att = Linear(d, name="out")(att.reshape(n, d))  # [N, D]
         h_attn = nn.LayerNorm(name="norm_attn")(h + drop(att))
 

@@ -57,7 +57,8 @@ class NodeGNN(nn.Module):
       senders, receivers, edge_mask: ``[E]``; node_mask: ``[N]``; node_embedding: ``[N, F]``;
       predictions: expression ``[N, L]``, fmri ``[N, P, patch]``, classification ``[N, C]``.
       Padded nodes (``node_mask`` False) and padded edges (``edge_mask`` False) do not affect
-      the valid nodes' outputs.
+      the valid nodes' outputs. ``nodes["graph_index"]`` ``[N]`` int (optional; fMRI batches of
+      several recordings carry it) keeps GPS's global attention inside each graph.
     """
 
     kind: str
@@ -105,6 +106,8 @@ class NodeGNN(nn.Module):
         emask = emask & (senders != receivers) & nmask[senders] & nmask[receivers]
         h = nn.gelu(nn.Dense(self.hidden, name="input")(x))
         h = jnp.where(nmask[:, None], h, 0.0)
+        # GPS: a batch of several graphs (fMRI recordings) keeps its global attention per graph.
+        seg = {"segment_ids": nodes.get("graph_index")} if self.kind == "gps" else {}
         for i in range(self.depth):
             y = self._layer(i)(
                 h,
@@ -113,6 +116,7 @@ class NodeGNN(nn.Module):
                 edge_mask=emask,
                 node_mask=nmask,
                 deterministic=deterministic,
+                **seg,
             )
             y = nn.Dropout(self.dropout)(nn.gelu(y), deterministic=deterministic)
             h = jnp.where(nmask[:, None], h + y, 0.0)  # residual; padded rows stay 0

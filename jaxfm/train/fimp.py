@@ -143,11 +143,6 @@ class RunConfig:
                 f"fill={self.fill!r} applies to the baselines on the fmri task only (FIMP "
                 "replaces masked patches with its mask token)"
             )
-        if self.model == "gps" and self.task == "fmri" and self.batch_size > 1:
-            raise ValueError(
-                "model 'gps' on fmri needs batch_size=1: its global attention spans every node "
-                "of a batch, so several recordings in one batch would attend to each other"
-            )
         if self.baseline_hidden <= 0 or self.baseline_depth <= 0:
             raise ValueError("baseline_hidden and baseline_depth must be positive")
         if self.variant not in VARIANTS:
@@ -212,7 +207,12 @@ class _Batches:
         for s in range(0, len(order), self.batch_size):
             chosen = [self.graphs[i] for i in order[s : s + self.batch_size]]
             g = batch_graphs(chosen)
-            g = g._replace(nodes={**g.nodes, "target_mask": np.ones(int(g.n_node.sum()), bool)})
+            n = int(g.n_node.sum())
+            # graph_index: which recording each node is from (GPS attends within a recording).
+            graph_index = np.repeat(np.arange(len(chosen), dtype=np.int32), g.n_node)
+            g = g._replace(
+                nodes={**g.nodes, "target_mask": np.ones(n, bool), "graph_index": graph_index}
+            )
             yield pad_to_budget(g, self.budget)
 
 

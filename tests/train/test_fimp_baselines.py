@@ -57,6 +57,36 @@ def test_fmri_baseline_with_filling_trains(fill):
     assert np.isfinite(res["test"]["mse"])
 
 
+def test_gps_on_fmri_batches_of_recordings_attends_within_each_recording():
+    """A batch of 2 recordings gives exactly the predictions of each recording alone."""
+    import jax
+
+    from jaxfm.baselines.node_gnn import NodeGNN
+    from jaxfm.graph import edge_mask, node_mask
+    from jaxfm.train.fimp import _Batches, _to_device
+    from jaxfm.train.fimp_data import prepare_fimp_data
+
+    fd = prepare_fimp_data("fmri", "synthetic", SMALL)
+
+    def batches(size):
+        b = _Batches(fd, "train", batch_size=size, hops=None, max_nb=None, shuffle=False, seed=0)
+        return [_to_device(x) for x in b.epoch(0)]
+
+    model = NodeGNN(kind="gps", task="fmri", tokenizer=fd.tokenizer, hidden=16, depth=2)
+
+    def predict(params, b):
+        nm = node_mask(b)
+        out = model.apply(params, b.nodes, b.senders, b.receivers, node_mask=nm,
+                          edge_mask=edge_mask(b))  # fmt: skip
+        return np.asarray(out["predictions"])[np.asarray(nm)]
+
+    pair, singles = batches(2)[0], batches(1)[:2]
+    assert np.asarray(pair.nodes["graph_index"])[: 2 * 424].tolist() == [0] * 424 + [1] * 424
+    params = model.init(jax.random.key(0), pair.nodes, pair.senders, pair.receivers)
+    alone = np.concatenate([predict(params, b) for b in singles])
+    np.testing.assert_allclose(predict(params, pair), alone, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -64,7 +94,6 @@ def test_fmri_baseline_with_filling_trains(fill):
         ({"task": "celltype", "model": "gcn", "fill": "mean"}, "fmri task only"),
         ({"task": "fmri", "model": "fimp", "fill": "mean"}, "fmri task only"),
         ({"task": "fmri", "model": "mlp", "fill": "median"}, "fill must be one of"),
-        ({"task": "fmri", "model": "gps", "batch_size": 2}, "batch_size=1"),
         ({"task": "celltype", "model": "gat", "save_dir": "x"}, "FIMP models only"),
         ({"task": "celltype", "model": "gin", "baseline_depth": 0}, "must be positive"),
     ],
