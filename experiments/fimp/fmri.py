@@ -9,6 +9,13 @@ fillings alone, used as predictions (``fill-only``), are the no-learning referen
 
     python experiments/fimp/fmri.py                          # everything, 1 seed (~12 min, 2 cores)
     python experiments/fimp/fmri.py --models gcn --fills mean interp   # a subset; merged
+    python experiments/fimp/fmri.py --models fimp-brainlm --brainlm fixture   # FIMP-BrainLM
+
+FIMP-BrainLM (``fimp-brainlm``) needs ``--brainlm``: a ``jaxfm convert brainlm`` output directory,
+or ``fixture``: the shipped random-init BrainLM fixture (``../shared/fixtures/brainlm_small``),
+converted here. With the fixture the run exercises the whole pipeline (convert -> grafted
+BrainLM tokenizer + Nystromformer message layers -> train -> test metrics), but its numbers are
+those of a random-init 2-layer, width-32 model, not of pretrained BrainLM.
 
 Writes ``results.json`` (every run) and ``results.md`` (mean ± std over seeds, the paper's
 numbers beside) to ``--out``. Runs already there for other (model, fill) pairs are kept.
@@ -33,8 +40,10 @@ from jaxfm.train.optim import OptimizerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 GNN_MODELS = ("gcn", "sage", "gat", "gin", "gps")
-MODELS = ("fimp", *GNN_MODELS, "mlp", "fill-only")  # the table's row order
-RUN_ORDER = ("fill-only", "mlp", *GNN_MODELS, "fimp")  # cheapest first
+MODELS = ("fimp", "fimp-brainlm", *GNN_MODELS, "mlp", "fill-only")  # the table's row order
+RUN_ORDER = ("fill-only", "mlp", *GNN_MODELS, "fimp")  # cheapest first; fimp-brainlm on request
+FIMP_MODELS = ("fimp", "fimp-brainlm")
+BRAINLM_FIXTURE = REPO.parent / "shared/fixtures/brainlm_small"
 FILLS = ("noise", "mean", "interp")
 # FIMP paper Table 4 (UK Biobank, 424 regions, 320 timepoints): test MSE, R².
 PAPER = {
@@ -54,7 +63,24 @@ PAPER = {
     ("gps", "mean"): (0.547, 0.198),
     ("gps", "interp"): (0.557, 0.184),
     ("fimp", "mask token"): (0.288, 0.578),
+    ("fimp-brainlm", "mask token"): (0.267, 0.606),
 }
+
+
+def brainlm_checkpoint(choice: str, workdir: Path) -> str:
+    """The converted BrainLM directory for ``--brainlm`` (``fixture``: converted here)."""
+    if choice != "fixture":
+        if not (Path(choice) / "config.json").is_file():
+            raise SystemExit(f"--brainlm {choice}: not a `jaxfm convert brainlm` output directory")
+        return choice
+    from converters.cli import main as convert
+
+    if not BRAINLM_FIXTURE.is_dir():
+        raise SystemExit(f"--brainlm fixture: {BRAINLM_FIXTURE} is absent (needs ../shared)")
+    out = workdir / "brainlm_fixture"
+    if not (out / "config.json").is_file() and convert(["brainlm", str(BRAINLM_FIXTURE), str(out)]):
+        raise SystemExit(f"converting {BRAINLM_FIXTURE} failed (see above)")
+    return str(out)
 
 
 def fill_only(opts: DataOptions, fill: str) -> dict:
@@ -95,7 +121,14 @@ def main(argv=None) -> int:
     p.add_argument("--fimp-epochs", type=int, help="FIMP only (default: --epochs)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--out", default=str(REPO / "experiments/results/fimp_fmri"))
+    p.add_argument("--brainlm", help="fimp-brainlm's checkpoint: a converted BrainLM, or `fixture`")
+    p.add_argument("--workdir", default=str(REPO / "runs/fmri"), help="converted checkpoints")
     args = p.parse_args(argv)
+    if "fimp-brainlm" in args.models and not args.brainlm:
+        p.error(
+            "--models fimp-brainlm needs --brainlm DIR (a converted BrainLM) or --brainlm fixture"
+        )
+    brainlm = brainlm_checkpoint(args.brainlm, Path(args.workdir)) if args.brainlm else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     opts = DataOptions(
@@ -111,7 +144,7 @@ def main(argv=None) -> int:
     token = "mask token"
     if (fimp_bs, fimp_ep) != (args.batch_size, args.epochs):
         token = f"mask token ({fimp_bs} rec/batch, {fimp_ep} epochs)"
-    todo = [(m, f) for m in args.models for f in ((token,) if m == "fimp" else args.fills)]
+    todo = [(m, f) for m in args.models for f in ((token,) if m in FIMP_MODELS else args.fills)]
     runs = _previous_runs(out, todo)
     t_all = time.perf_counter()
     for model, fill in todo:
@@ -123,18 +156,20 @@ def main(argv=None) -> int:
                 res = train_fimp(
                     RunConfig(
                         task="fmri",
-                        model=model,
+                        model="fimp" if model in FIMP_MODELS else model,
                         variant="tiny",
                         data_options=opts,
                         optimizer=OptimizerConfig(
                             name="adamw", learning_rate=args.lr, weight_decay=1e-4
                         ),
-                        epochs=fimp_ep if model == "fimp" else args.epochs,
+                        epochs=fimp_ep if model in FIMP_MODELS else args.epochs,
                         patience=args.patience,
-                        batch_size=fimp_bs if model == "fimp" else args.batch_size,
+                        batch_size=fimp_bs if model in FIMP_MODELS else args.batch_size,
                         seed=seed,
                         baseline_hidden=args.hidden,
-                        fill="zero" if model == "fimp" else fill,
+                        fill="zero" if model in FIMP_MODELS else fill,
+                        init="brainlm" if model == "fimp-brainlm" else "scratch",
+                        checkpoint=brainlm if model == "fimp-brainlm" else None,
                     ),
                     log_stream=sys.stderr,  # one JSON line per epoch
                     progress=False,
@@ -146,6 +181,8 @@ def main(argv=None) -> int:
                     "num_params": res["num_params"],
                     "split_sizes": res["split_sizes"],
                 }
+                if res.get("pretrained"):
+                    extra["pretrained"] = res["pretrained"]
             rec = {
                 "model": model,
                 "fill": fill,
@@ -192,7 +229,7 @@ def _table(runs: list[dict]) -> list[str]:
                 v = np.array([r["test"][m] for r in rs])
                 cells.append(f"{v.mean():.3f} ± {v.std():.3f}")
             secs = np.mean([r["seconds"] for r in rs])
-            paper = PAPER.get((model, "mask token" if model == "fimp" else fill), ("–", "–"))
+            paper = PAPER.get((model, "mask token" if model in FIMP_MODELS else fill), ("–", "–"))
             lines.append(
                 f"| {model} | {fill} | {cells[0]} | {cells[1]} | {len(rs)} | {secs:.0f} "
                 f"| {paper[0]} | {paper[1]} |"
