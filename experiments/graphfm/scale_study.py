@@ -9,9 +9,10 @@ same bucket budgets, then finetuned with MFT on the evaluation graph(s), which n
     python experiments/graphfm/scale_study.py --models small --corpora sbm,half,full
     python experiments/graphfm/scale_study.py --models medium --corpora sbm,full
 
-Each invocation adds its (model, corpus, graph) rows to
+Each invocation adds its (model, corpus, steps, graph, MFT epochs) rows to
 ``experiments/results/graphfm_scale/{results.json,results.md,scale.png}``; rows of earlier
-invocations are kept. Checkpoints go to ``WORKDIR/<model>_<corpus>/``.
+invocations are kept. Checkpoints go to ``WORKDIR/<model>_<corpus>_s<steps>/``; with
+``--skip-pretrain`` an existing one there is reused (e.g. to finetune it with other MFT settings).
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", default="0", help="MFT splits of each evaluation graph")
     ap.add_argument("--workdir", default=str(REPO / "runs" / "graphfm_scale"))
     ap.add_argument("--out-name", default="graphfm_scale", help="results folder (merged)")
+    ap.add_argument(
+        "--skip-pretrain", action="store_true", help="reuse WORKDIR/<model>_<corpus>_s<steps>"
+    )
     args = ap.parse_args(argv)
     models, corpora = args.models.split(","), args.corpora.split(",")
     for flag, got, allowed in (("--models", models, MODELS), ("--corpora", corpora, CORPORA)):
@@ -107,39 +111,43 @@ def main(argv=None) -> int:
     from jaxfm.train.optim import OptimizerConfig
 
     out = REPO / "experiments" / "results" / args.out_name
-    old = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
-    rows = {(r["model"], r["corpus"], r["graph"]): r for r in old.get("rows", [])}
+    mine = {}  # this invocation's rows; merged into the file's current rows at every write
     splits = [int(s) for s in args.splits.split(",")]
     for corpus in corpora:
         exclude, kept = corpus_exclude(CORPORA[corpus])
         for model in models:
-            workdir = Path(args.workdir) / f"{model}_{corpus}"
+            workdir = Path(args.workdir) / f"{model}_{corpus}_s{args.steps}"
             t = time.perf_counter()
-            summary = pretrain(
-                PretrainConfig(
-                    model=model,
-                    data=(str(SHARED),) if kept else (),
-                    exclude=exclude,
-                    steps=args.steps,
-                    node_budget=args.node_budget,
-                    graph_budget=args.graph_budget,
-                    target_budget=args.target_budget,
-                    workdir=str(workdir),
-                    checkpoint_every=args.steps,
-                    keep=1,
-                    log_every=max(args.steps // 10, 1),
-                    optimizer=OptimizerConfig(
-                        name="lamb",
-                        learning_rate=2e-3,
-                        weight_decay=1e-4,
-                        schedule="warmup_cosine",
-                        warmup_steps=max(args.steps // 20, 1),
-                        total_steps=args.steps,
-                        end_lr_fraction=0.05,
-                    ),
+            if args.skip_pretrain:
+                if not (workdir / "summary.json").is_file():
+                    ap.error(f"--skip-pretrain: no pretrained run in {workdir}")
+                summary = json.loads((workdir / "summary.json").read_text())
+            else:
+                summary = pretrain(
+                    PretrainConfig(
+                        model=model,
+                        data=(str(SHARED),) if kept else (),
+                        exclude=exclude,
+                        steps=args.steps,
+                        node_budget=args.node_budget,
+                        graph_budget=args.graph_budget,
+                        target_budget=args.target_budget,
+                        workdir=str(workdir),
+                        checkpoint_every=args.steps,
+                        keep=1,
+                        log_every=max(args.steps // 10, 1),
+                        optimizer=OptimizerConfig(
+                            name="lamb",
+                            learning_rate=2e-3,
+                            weight_decay=1e-4,
+                            schedule="warmup_cosine",
+                            warmup_steps=max(args.steps // 20, 1),
+                            total_steps=args.steps,
+                            end_lr_fraction=0.05,
+                        ),
+                    )
                 )
-            )
-            pretrain_s = time.perf_counter() - t
+            pretrain_s = summary.get("seconds") if args.skip_pretrain else time.perf_counter() - t
             for graph in graphs:
                 t = time.perf_counter()
                 res = finetune(
@@ -154,7 +162,7 @@ def main(argv=None) -> int:
                         learning_rate=3e-3,
                     )
                 )
-                rows[(model, corpus, graph)] = {
+                row = {
                     "model": model,
                     "corpus": corpus,
                     "graph": graph,
@@ -171,10 +179,12 @@ def main(argv=None) -> int:
                     "epochs": args.epochs,
                     "budgets": [args.node_budget, args.graph_budget, args.target_budget],
                 }
-                print(json.dumps({k: v for k, v in rows[(model, corpus, graph)].items()
-                                  if k != "real_datasets"}), flush=True)  # fmt: skip
+                mine[_key(row)] = row
+                print(
+                    json.dumps({k: v for k, v in row.items() if k != "real_datasets"}), flush=True
+                )
             out.mkdir(parents=True, exist_ok=True)
-            ordered = sorted(rows.values(), key=_order)
+            ordered = sorted({**_saved_rows(out), **mine}.values(), key=_order)
             write_json_atomic(out / "results.json", {"rows": ordered, "args": vars(args)})
             lines = _table(ordered)
             (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -183,19 +193,31 @@ def main(argv=None) -> int:
     return 0
 
 
+def _saved_rows(out: Path) -> dict:
+    """Rows already in ``out/results.json`` (other invocations, possibly running beside)."""
+    path = out / "results.json"
+    return {_key(r): r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
+
+
+def _key(r: dict) -> tuple:
+    return (r["model"], r["corpus"], r["pretrain_steps"], r["graph"], r["epochs"])
+
+
 def _order(r: dict) -> tuple:
-    return (r["graph"], MODELS.index(r["model"]), list(CORPORA).index(r["corpus"]))
+    return (r["graph"], r["epochs"], MODELS.index(r["model"]), r["pretrain_steps"],
+            list(CORPORA).index(r["corpus"]))  # fmt: skip
 
 
 def _table(rows: list[dict]) -> list[str]:
     lines = [
-        "| graph | model | corpus | datasets | nodes | steps | pretrain loss (last 10) | "
-        "MFT test acc. (%) | pretrain s | MFT s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| graph | MFT epochs | model | corpus | datasets | nodes | steps "
+        "| pretrain loss (last 10) | MFT test acc. (%) | pretrain s | MFT s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['graph']} | {r['model']} | {r['corpus']} | {r['corpus_datasets']} | "
+            f"| {r['graph']} | {r['epochs']} | {r['model']} | {r['corpus']} "
+            f"| {r['corpus_datasets']} | "
             f"{r['corpus_nodes']:,} | {r['pretrain_steps']} | {r['pretrain_loss_last_10']:.3f} | "
             f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f} | "
             f"{r['pretrain_s']:.0f} | {r['mft_s']:.0f} |"
@@ -204,32 +226,35 @@ def _table(rows: list[dict]) -> list[str]:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
+    """One panel per (graph, MFT epochs); one line per (model, pretraining steps)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    graphs = list(dict.fromkeys(r["graph"] for r in rows))
-    fig, axes = plt.subplots(1, len(graphs), figsize=(5 * len(graphs), 3.6), squeeze=False)
-    for ax, graph in zip(axes[0], graphs, strict=True):
-        for model, color in zip(MODELS, ("tab:green", "tab:purple"), strict=True):
-            rs = [r for r in rows if r["graph"] == graph and r["model"] == model]
-            if not rs:
-                continue
+    panels = list(dict.fromkeys((r["graph"], r["epochs"]) for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    colors = {"small": "tab:green", "medium": "tab:purple"}
+    for ax, (graph, epochs) in zip(axes[0], panels, strict=True):
+        here = [r for r in rows if (r["graph"], r["epochs"]) == (graph, epochs)]
+        for model, steps in dict.fromkeys((r["model"], r["pretrain_steps"]) for r in here):
+            rs = sorted((r for r in here if (r["model"], r["pretrain_steps"]) == (model, steps)),
+                        key=lambda r: r["corpus_nodes"])  # fmt: skip
             ax.errorbar(
                 [r["corpus_nodes"] for r in rs],
                 [100 * r["test_accuracy_mean"] for r in rs],
                 yerr=[100 * r["test_accuracy_std"] for r in rs],
-                marker="o",
-                color=color,
-                label=model,
+                marker="o" if steps <= 100 else "s",
+                linestyle="-" if steps <= 100 else "--",
+                color=colors[model],
+                label=f"{model}, {steps} steps",
                 capsize=3,
             )
         ax.set_xscale("log")
         ax.set_xlabel("pretraining corpus (nodes)")
         ax.set_ylabel("MFT test accuracy (%)")
-        ax.set_title(f"{graph}: MFT after pretraining")
-        ax.legend()
+        ax.set_title(f"{graph}: MFT ({epochs} epochs) after pretraining")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
