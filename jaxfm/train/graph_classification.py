@@ -142,6 +142,18 @@ def _select(records: list[dict]) -> dict:
     return max(records, key=lambda r: (r["val_accuracy"], -r["val_loss"], -r["epoch"]))
 
 
+def _fold_result(fold: int, records: list[dict]) -> dict:
+    """One fold's row: the validation/test metrics at the selected epoch (:func:`_select`)."""
+    best = _select(records)
+    return {
+        "fold": fold,
+        "val_accuracy": float(best["val_accuracy"]),
+        "val_loss": float(best["val_loss"]),
+        "test_accuracy": float(best["test_accuracy"]),
+        "best_epoch": best["epoch"],
+    }
+
+
 def _summary(per_fold: list[dict], **meta) -> dict:
     tests = np.array([r["test_accuracy"] for r in per_fold])
     return {
@@ -390,12 +402,7 @@ def train_graph_baseline(
                 size = getattr(fold, name).size
                 rec[f"{name}_accuracy"], rec[f"{name}_loss"] = hits / size, ce / size
             records.append(rec)
-        best = _select(records)
-        per_fold.append({
-            "fold": fi, "val_accuracy": float(best["val_accuracy"]),
-            "val_loss": float(best["val_loss"]), "test_accuracy": float(best["test_accuracy"]),
-            "best_epoch": best["epoch"],
-        })  # fmt: skip
+        per_fold.append(_fold_result(fi, records))
     return _summary(per_fold, model=kind, dataset=ds.name, epochs=epochs)
 
 
@@ -592,12 +599,7 @@ def finetune_graphfm_graph(
                 size = getattr(fold, name).size
                 rec[f"{name}_accuracy"], rec[f"{name}_loss"] = hits / size, ce / size
             records.append(rec)
-        best = _select(records)
-        per_fold.append({
-            "fold": fi, "val_accuracy": float(best["val_accuracy"]),
-            "val_loss": float(best["val_loss"]), "test_accuracy": float(best["test_accuracy"]),
-            "best_epoch": best["epoch"],
-        })  # fmt: skip
+        per_fold.append(_fold_result(fi, records))
     groups = sorted({"/".join(p.split("/")[:2]) for p in fresh})
     out = _summary(
         per_fold, model="graphfm-mft", dataset=ds.name, epochs=epochs,
