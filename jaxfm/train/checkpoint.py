@@ -1,36 +1,100 @@
-"""Training checkpoints (orbax): state + JSON metadata per step, keep-N, resume from the newest.
+"""Training checkpoints (orbax) you can trust, and the run directory that holds them.
 
-A checkpoint directory ``WORKDIR/checkpoints/<step>/`` holds two items written together:
-``state`` (the array pytree: params, optimizer state, step, RNG key data) and ``meta`` (JSON:
-data-iterator state, config, metrics). Orbax writes each step into a temporary directory that is
-renamed only once complete, so a run killed mid-save leaves no half checkpoint behind. On
-restore, a checkpoint that fails to read is skipped with a warning naming it, and the next older
-one is tried: a corrupt checkpoint is never silently used.
+A checkpoint ``WORKDIR/checkpoints/<step>/`` holds two items written together: ``state`` (the
+array pytree: params, optimizer state, step, RNG key data) and ``meta`` (JSON: data-iterator
+state, selection state, run identity, and a digest of every array). Orbax writes each step into
+a temporary directory renamed only once complete, so a run killed mid-save leaves no half
+checkpoint behind.
+
+On restore, every array is checked against its digest. A checkpoint that fails to read or to
+verify is moved aside to ``checkpoints/corrupt/<step>`` with a warning that names the step and
+the reason, and the next older one is tried: a damaged checkpoint is never used, and the resumed
+run can save that step again.
+
+:class:`RunDirectory` adds what a run needs around its checkpoints: a lock (a second process on
+the same workdir fails at once, naming the holder), a refusal to start a fresh run over an
+earlier run's checkpoints (unless ``resume`` or ``overwrite``), a resume check that names the
+config fields that differ, and async-save errors raised at the next step.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
+import shutil
+import socket
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "CorruptCheckpointWarning", "abstract_like"]
+from jaxfm.train.param_rules import path_of
+
+__all__ = [
+    "Checkpointer",
+    "CorruptCheckpointWarning",
+    "RunDirectory",
+    "WorkdirError",
+    "abstract_like",
+    "tree_digest",
+]
 
 log = logging.getLogger(__name__)
 
 
 class CorruptCheckpointWarning(UserWarning):
-    """A checkpoint step could not be restored and was skipped."""
+    """A checkpoint step could not be restored or verified; it was moved aside."""
+
+
+class WorkdirError(ValueError):
+    """The workdir is locked by another process, or holds another run."""
+
+
+_UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}
+
+
+@jax.jit
+def _digest_leaves(leaves):
+    out = []
+    for x in leaves:
+        x = jnp.asarray(x)
+        if x.dtype == jnp.bool_:
+            x = x.astype(jnp.uint8)
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        size = x.dtype.itemsize
+        bits = jax.lax.bitcast_convert_type(x, _UINT[size]) if size < 8 else x
+        if size == 8:  # 64-bit leaves: split into two uint32 words
+            bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+        bits = bits.reshape(-1).astype(jnp.uint32)
+        pos = (jnp.arange(bits.shape[0], dtype=jnp.uint32) % jnp.uint32(65521)) + jnp.uint32(1)
+        out.append(jnp.stack([bits.sum(dtype=jnp.uint32), (bits * pos).sum(dtype=jnp.uint32)]))
+    return out
+
+
+def tree_digest(tree: Any) -> dict[str, list[int]]:
+    """``{path: [sum, position-weighted sum]}`` of every leaf's bits (uint32, computed on device).
+
+    Any flipped bit changes the plain sum; swapped or shifted regions change the weighted one.
+    """
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    if not flat:
+        return {}
+    sums = _digest_leaves([x for _, x in flat])
+    return {
+        path_of(kp): [int(a) for a in np.asarray(s)] for (kp, _), s in zip(flat, sums, strict=True)
+    }
 
 
 class Checkpointer:
-    """Saves and restores ``(state pytree, meta dict)`` pairs by step.
+    """Saves and restores ``(state pytree, meta dict)`` pairs by step, verified by digests.
 
     Args:
       directory: where step directories go (created if missing).
@@ -56,8 +120,9 @@ class Checkpointer:
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
-        """Starts saving ``state`` and ``meta`` as ``step``; returns whether a save was started."""
+    def save(self, step: int, state: Any, meta: dict, *, force: bool = True) -> bool:
+        """Starts saving ``state`` and ``meta`` (plus the state's digests) as ``step``."""
+        meta = {**meta, "digests": tree_digest(state)}
         return self._manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -66,61 +131,94 @@ class Checkpointer:
             force=force,
         )
 
+    def check(self) -> None:
+        """Raises the error of a failed asynchronous save (a full disk), naming the directory."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as e:
+            raise OSError(
+                f"saving a checkpoint in {self.directory} failed ({type(e).__name__}: "
+                f"{str(e)[:300]}); free space or fix the directory, then rerun with --resume"
+            ) from e
+
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
         self._manager.wait_until_finished()
+        self.check()
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        """Restores ``step`` into the structure/shardings of ``abstract_state``."""
+        """Restores and verifies ``step`` into the structure/shardings of ``abstract_state``.
+
+        Raises:
+          ValueError: an array does not match its saved digest.
+        """
         out = self._manager.restore(
             int(step),
             args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
             ),
         )
-        return out["state"], dict(out["meta"])
+        state, meta = out["state"], dict(out["meta"])
+        saved = meta.pop("digests", None)
+        if saved is not None:
+            got = tree_digest(state)
+            bad = sorted(p for p in set(saved) | set(got) if saved.get(p) != got.get(p))
+            if bad:
+                raise ValueError(f"array digests differ for {bad[:5]} (damaged files)")
+        return state, meta
 
     def restore_meta(self, step: int) -> dict:
         """Only the JSON metadata of ``step`` (cheap: no arrays are read)."""
         out = self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(out["meta"])
+        meta = dict(out["meta"])
+        meta.pop("digests", None)
+        return meta
+
+    def quarantine(self, step: int, reason: str) -> Path:
+        """Moves step ``step`` to ``corrupt/`` (never deleted: a user may want to inspect it)."""
+        src = self.directory / str(step)
+        dest_dir = self.directory / "corrupt"
+        dest_dir.mkdir(exist_ok=True)
+        dest = dest_dir / str(step)
+        n = 1
+        while dest.exists():
+            dest, n = dest_dir / f"{step}.{n}", n + 1
+        if src.exists():
+            shutil.move(str(src), str(dest))
+        warnings.warn(
+            f"checkpoint step {step} in {self.directory} is damaged ({reason}); moved to {dest}",
+            CorruptCheckpointWarning,
+            stacklevel=3,
+        )
+        self._manager.reload()
+        return dest
 
     def restore_latest(
         self, abstract_state: Any, *, check_meta: Callable[[dict], None] | None = None
     ) -> tuple[int, Any, dict] | None:
-        """Newest restorable checkpoint as ``(step, state, meta)``, or None if there is none.
+        """Newest good checkpoint as ``(step, state, meta)``, or None if there is none.
 
         Args:
           abstract_state: structure/shapes/shardings to restore into.
           check_meta: called with a checkpoint's metadata before its arrays are read; an
             exception it raises (e.g. "made with another config") propagates: such a
-            checkpoint is not corrupt, it is the wrong one.
+            checkpoint is not damaged, it is the wrong one.
 
-        Checkpoints that fail to restore (corrupt or truncated files) are skipped with a
-        :class:`CorruptCheckpointWarning` naming the directory.
+        Checkpoints that fail to read or verify are moved to ``corrupt/`` with a
+        :class:`CorruptCheckpointWarning` naming the step and the reason.
         """
         for step in reversed(self.steps()):
+            try:
+                meta = self.restore_meta(step)
+            except Exception as e:
+                self.quarantine(step, f"metadata unreadable: {type(e).__name__}: {str(e)[:200]}")
+                continue
             if check_meta is not None:
-                try:
-                    meta = self.restore_meta(step)
-                except Exception as e:
-                    warnings.warn(
-                        f"skipping checkpoint {self.directory / str(step)}: its metadata could "
-                        f"not be read ({type(e).__name__}: {str(e)[:300]})",
-                        CorruptCheckpointWarning,
-                        stacklevel=2,
-                    )
-                    continue
                 check_meta(meta)
             try:
                 state, meta = self.restore(step, abstract_state)
             except Exception as e:
-                warnings.warn(
-                    f"skipping checkpoint {self.directory / str(step)}: it could not be restored "
-                    f"({type(e).__name__}: {str(e)[:300]})",
-                    CorruptCheckpointWarning,
-                    stacklevel=2,
-                )
+                self.quarantine(step, f"{type(e).__name__}: {str(e)[:200]}")
                 continue
             return step, state, meta
         return None
@@ -131,5 +229,123 @@ class Checkpointer:
 
 
 def abstract_like(tree: Any) -> Any:
-    """``jax.ShapeDtypeStruct`` tree (with shardings when the leaves have them) for restore."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    """``jax.ShapeDtypeStruct`` tree (with shardings when the leaves have them) for restore.
+
+    numpy leaves stay numpy arrays (orbax restores them as numpy).
+    """
+    return jax.tree.map(
+        lambda x: x if isinstance(x, np.ndarray) else ocp.utils.to_shape_dtype_struct(x), tree
+    )
+
+
+def _differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """Human-readable differences between two JSON values (dict keys recursed)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for k in sorted(set(saved) | set(now)):
+            key = f"{prefix}{k}"
+            if k not in saved:
+                out.append(f"{key}: not in the checkpoint's run, now {now[k]!r}"[:200])
+            elif k not in now:
+                out.append(f"{key}: {saved[k]!r} in the checkpoint's run, now absent"[:200])
+            else:
+                out += _differences(saved[k], now[k], key + ".")
+        return out
+    if isinstance(saved, list) and isinstance(now, list) and saved != now:
+        gone = [x for x in saved if x not in now]
+        new = [x for x in now if x not in saved]
+        if gone or new:
+            return [f"{prefix.rstrip('.')}: removed {gone[:10]}, added {new[:10]}"]
+    if saved != now:
+        return [f"{prefix.rstrip('.')}: {saved!r} in the checkpoint's run, now {now!r}"[:200]]
+    return []
+
+
+class RunDirectory:
+    """A run's workdir: checkpoints, ``metrics.jsonl``, ``run.json`` and a lock.
+
+    Args:
+      workdir: the directory (created).
+      keep: checkpoints kept.
+      main: this process writes the shared files (process 0 of a multi-host run).
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 2, main: bool = True):
+        self.workdir = Path(workdir)
+        self.keep, self.main = keep, main
+        self.metrics_path = self.workdir / "metrics.jsonl"
+        self.checkpointer: Checkpointer | None = None
+        self._lock_fd: int | None = None
+
+    def _lock(self) -> None:
+        path = self.workdir / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise WorkdirError(
+                f"--workdir {self.workdir} is in use by another run ({holder}); wait for it to "
+                "finish or use another --workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}".encode())
+        self._lock_fd = fd
+
+    def open(self, *, resume: bool, overwrite: bool) -> None:
+        """Locks the workdir and applies the fresh/resume/overwrite policy."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if jax.process_count() == 1:  # multi-host runs share the directory on purpose
+            self._lock()
+        ckdir = self.workdir / "checkpoints"
+        has = ckdir.exists() and any(p.name.isdigit() for p in ckdir.iterdir())
+        if has and not resume:
+            if not overwrite:
+                self.close()
+                raise WorkdirError(
+                    f"--workdir {self.workdir} already holds checkpoints of an earlier run; "
+                    "continue it with --resume, or replace it with --overwrite"
+                )
+            if self.main:
+                for p in ckdir.iterdir():
+                    if p.name.isdigit():
+                        shutil.rmtree(p)
+        if self.main and not resume and self.metrics_path.exists():
+            self.metrics_path.unlink()
+        self.checkpointer = Checkpointer(ckdir, keep=self.keep)
+
+    def restore_latest(self, abstract: Any, run_info: dict) -> tuple[int, Any, dict] | None:
+        """The newest good checkpoint, after checking it belongs to this run."""
+
+        def same_run(meta):
+            diffs = _differences(meta.get("run", {}), run_info)
+            if diffs:
+                raise WorkdirError(
+                    f"--resume: the checkpoints in {self.workdir} belong to a run with other "
+                    "settings:\n  " + "\n  ".join(diffs[:20]) + "\nrepeat the original run's "
+                    "flags (they are in run.json there) to continue it"
+                )
+
+        return self.checkpointer.restore_latest(abstract_like(abstract), check_meta=same_run)
+
+    def save(self, step: int, tree: Any, meta: dict) -> None:
+        self.checkpointer.save(step, tree, meta)
+
+    def check_saves(self) -> None:
+        self.checkpointer.check()
+
+    def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+            self.checkpointer = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def write_run_json(workdir: str | os.PathLike, info: dict) -> None:
+    """Writes ``WORKDIR/run.json`` (what ran, for a resume that repeats it)."""
+    from jaxfm.model_dir import write_json_atomic
+
+    write_json_atomic(Path(workdir) / "run.json", json.loads(json.dumps(info, default=str)))

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import jraph
 import numpy as np
-import optax
 
 from jaxfm.baselines.node_gnn import GNN_KINDS, NodeGNN
 from jaxfm.baselines.node_mlp import FILLS, NodeMLP
@@ -36,12 +35,19 @@ from jaxfm.graph import (
     pad_to_budget,
 )
 from jaxfm.graph.batching import Budget
-from jaxfm.model_dir import load_model_dir, save_model_dir
+from jaxfm.model_dir import load_model_dir, save_model_dir, write_json_atomic
 from jaxfm.ops import metrics as M
 from jaxfm.train.fimp_data import DataOptions, FIMPData, prepare_fimp_data
-from jaxfm.train.loop import EarlyStopping, TrainState, fit, make_train_step
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
-from jaxfm.train.param_rules import label_params
+from jaxfm.train.sharding import data_parallel_size, make_mesh
+from jaxfm.train.step import (
+    TrainState,
+    default_mesh,
+    make_eval_step,
+    make_train_step,
+    state_shardings_for,
+)
+from jaxfm.train.trainer import EpochBatches, Select, fit
 
 __all__ = [
     "GNN_MODELS",
@@ -52,6 +58,7 @@ __all__ = [
     "load_fimp",
     "load_pretrained_source",
     "pretrained_setup",
+    "run_info",
     "train_fimp",
 ]
 
@@ -70,7 +77,7 @@ _MONITOR = {
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """One FIMP training run.
+    """One FIMP training run (``jaxfm fimp train``; every field is a flag of that command).
 
     Attributes:
       task: ``expression``, ``celltype``, ``image`` or ``fmri``.
@@ -81,11 +88,18 @@ class RunConfig:
       variant: FIMP size preset (:data:`jaxfm.fimp.config.VARIANTS`).
       overrides: FIMPConfig field overrides (e.g. ``{"num_layers": 2}``).
       data_options: how the data becomes graphs.
-      optimizer: optax optimizer settings.
-      epochs: maximum epochs; ``patience``: early-stopping patience on the validation metric.
-      batch_size: seed nodes per batch (node tasks) or recordings per batch (fmri).
+      optimizer: optax optimizer settings (AdamW, lr 3e-3, weight decay 1e-4).
+      epochs: maximum epochs; ``patience``: early-stopping patience (epochs) on the validation
+        metric.
+      batch_size: seed nodes per micro-batch (node tasks).
+      recordings_per_batch: recordings per micro-batch (``fmri``).
       max_neighbors: per-hop neighbour sampling cap (``None``: all neighbours).
+      mesh: device mesh, e.g. ``"data=2,fsdp=4"`` (None: one device).
+      accum: micro-batches accumulated per step; ``devices``: micro-batches per accumulation
+        step (default: the mesh's ``data x fsdp``). A step averages ``accum x devices``
+        micro-batches, so the same ``devices`` gives the same run on any mesh.
       seed: parameter-init / dropout / batch-order seed.
+      workdir: checkpoints, ``metrics.jsonl`` and ``run.json`` (None: none are written).
       save_dir: write the best model here (atomic); ``output_json``: write the results here.
       init: ``"scratch"`` (FIMP-base) or a pretrained variant: ``vit``, ``scgpt``, ``brainlm``
         (``checkpoint`` = a ``jaxfm convert`` output directory) or ``genept`` (``checkpoint`` =
@@ -106,13 +120,18 @@ class RunConfig:
     overrides: dict = dataclasses.field(default_factory=dict)
     data_options: DataOptions = dataclasses.field(default_factory=DataOptions)
     optimizer: OptimizerConfig = dataclasses.field(
-        default_factory=lambda: OptimizerConfig(name="adamw", learning_rate=1e-3)
+        default_factory=lambda: OptimizerConfig(name="adamw", learning_rate=3e-3, weight_decay=1e-4)
     )
     epochs: int = 20
     patience: int = 5
     batch_size: int = 128
+    recordings_per_batch: int = 4
     max_neighbors: int | None = None
+    mesh: str | None = None
+    accum: int = 1
+    devices: int | None = None
     seed: int = 0
+    workdir: str | None = "runs/fimp"
     save_dir: str | None = None
     output_json: str | None = None
     init: str = "scratch"
@@ -124,6 +143,8 @@ class RunConfig:
     fill: str = "zero"
 
     def __post_init__(self):
+        if self.task not in _MONITOR:
+            raise ValueError(f"task must be one of {sorted(_MONITOR)}, got {self.task!r}")
         if self.init not in P.INIT_CHOICES:
             raise ValueError(f"init must be one of {P.INIT_CHOICES}, got {self.init!r}")
         if self.init != "scratch" and not self.checkpoint:
@@ -147,8 +168,11 @@ class RunConfig:
             raise ValueError("baseline_hidden and baseline_depth must be positive")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
-        if self.epochs <= 0 or self.batch_size <= 0 or self.patience <= 0:
-            raise ValueError("epochs, batch_size and patience must be positive")
+        for name in ("epochs", "batch_size", "recordings_per_batch", "patience", "accum"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.devices is not None and self.devices <= 0:
+            raise ValueError(f"devices must be positive, got {self.devices}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,7 +180,11 @@ class RunConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def _node_budgets(graph: jraph.GraphsTuple, batch_size: int, hops: int, max_nb) -> list[Budget]:
+def _node_budgets(
+    graph: jraph.GraphsTuple, batch_size: int, hops: int, max_nb, *, ladder: bool
+) -> list[Budget]:
+    """Budgets of one k-hop micro-batch: a short ladder, or only its top rung (``ladder=False``:
+    micro-batches stacked into one step must share a shape)."""
     n = int(graph.n_node.sum())
     indeg = np.bincount(graph.receivers, minlength=n)
     fan = int(indeg.max()) if max_nb is None else min(int(indeg.max()), max_nb)
@@ -166,14 +194,17 @@ def _node_budgets(graph: jraph.GraphsTuple, batch_size: int, hops: int, max_nb) 
         frontier *= fan
         nodes += frontier
     nodes, edges = min(nodes, n) + 1, min(edges, int(graph.senders.shape[0]))
-    return list(make_budgets(nodes, max(edges, 1), 2, num=4))
+    budgets = list(make_budgets(nodes, max(edges, 1), 2, num=4))
+    return budgets if ladder else budgets[-1:]
 
 
 class _Batches:
-    """Padded batches for one split: node tasks sample k-hop neighbourhoods of the split's nodes;
-    fmri batches whole recordings."""
+    """Padded micro-batches of one split: node tasks sample k-hop neighbourhoods of the split's
+    nodes; fmri batches whole recordings. ``epoch(e)`` is a pure function of ``(seed, e)``."""
 
-    def __init__(self, data: FIMPData, split: str, *, batch_size, hops, max_nb, shuffle, seed):
+    def __init__(
+        self, data: FIMPData, split: str, *, batch_size, hops, max_nb, shuffle, seed, ladder=True
+    ):
         self.data, self.split, self.shuffle, self.seed = data, split, shuffle, seed
         idx = data.splits[split]
         if data.task == "fmri":
@@ -184,6 +215,7 @@ class _Batches:
             self.budget = Budget(
                 n_node=batch_size * v + 1, n_edge=batch_size * e, n_graph=batch_size + 1
             )
+            self.size = -(-len(self.graphs) // batch_size)
         else:
             graph = data.graphs[0]
             self.sampler = NodeBatchSampler(
@@ -191,15 +223,20 @@ class _Batches:
                 idx,
                 batch_size=batch_size,
                 num_hops=hops,
-                budgets=_node_budgets(graph, batch_size, hops, max_nb),
+                budgets=_node_budgets(graph, batch_size, hops, max_nb, ladder=ladder),
                 shuffle=shuffle,
                 seed=seed,
                 max_neighbors=max_nb,
             )
+            self.size = -(-len(idx) // batch_size)
+
+    def __len__(self) -> int:
+        return self.size
 
     def epoch(self, epoch: int) -> Iterator[jraph.GraphsTuple]:
         if self.data.task != "fmri":
-            yield from self.sampler.iter_epoch(epoch)
+            for b in self.sampler.iter_epoch(epoch):
+                yield _to_device(b)
             return
         order = np.arange(len(self.graphs))
         if self.shuffle:
@@ -236,7 +273,7 @@ def _random_value_mask(rng, token_mask, rate: float):
     return ranks < n_mask[:, None]
 
 
-def _make_loss_fn(model: FIMPTaskModel, task: str, mask_rate: float):
+def _make_loss_fn(model: FIMPTaskModel, task: str, mask_rate: float, patch_mask_rate: float):
     def loss_fn(params, batch, rng, train: bool):
         nodes = dict(batch.nodes)
         mask_rng, dropout_rng = jax.random.split(rng)
@@ -244,7 +281,7 @@ def _make_loss_fn(model: FIMPTaskModel, task: str, mask_rate: float):
             nodes["value_mask"] = _random_value_mask(mask_rng, nodes["token_mask"], mask_rate)
         if train and task == "fmri":
             nodes["patch_mask"] = _random_value_mask(
-                mask_rng, jnp.ones_like(nodes["patch_mask"]), mask_rate
+                mask_rng, jnp.ones_like(nodes["patch_mask"]), patch_mask_rate
             )
         nmask, emask = node_mask(batch), edge_mask(batch)
         out = model.apply(
@@ -257,15 +294,13 @@ def _make_loss_fn(model: FIMPTaskModel, task: str, mask_rate: float):
             deterministic=not train,
             rngs={"dropout": dropout_rng},
         )
-        loss, mets = loss_and_metrics(task, out, nodes, nmask)
-        mets = {k: v for k, v in mets.items() if k in ("accuracy", "mse")}
-        return loss, mets
+        loss, _ = loss_and_metrics(task, out, nodes, nmask)
+        return loss, {}
 
     return loss_fn
 
 
-def _make_predict(model: FIMPTaskModel):
-    @jax.jit
+def _make_predict(model: FIMPTaskModel, mesh=None):
     def predict(params, batch):
         return model.apply(
             {"params": params},
@@ -277,7 +312,7 @@ def _make_predict(model: FIMPTaskModel):
             deterministic=True,
         )
 
-    return predict
+    return make_eval_step(predict, mesh=mesh)
 
 
 def evaluate_split(predict, params, batches: _Batches, task: str) -> dict[str, float]:
@@ -433,19 +468,32 @@ def _model(run: RunConfig, cfg: FIMPConfig, data: FIMPData):
     return NodeGNN(kind=run.model, **common), run.baseline_depth
 
 
-def _freeze(optimizer, params, pairs):
-    labels = label_params(
-        params, [(rx, "frozen") for rx in P.pretrained_path_rules(pairs)], default="train"
-    )
-    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+def run_info(run: RunConfig) -> dict:
+    """The JSON identity of a run: what a resume must repeat (everything but output paths)."""
+    info = json.loads(json.dumps(dataclasses.asdict(run), default=str))
+    for k in ("workdir", "save_dir", "output_json"):
+        info.pop(k, None)
+    return info
 
 
-def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) -> dict[str, Any]:
-    """Trains FIMP on ``run.task`` with early stopping; returns (and optionally writes) results.
+def train_fimp(
+    run: RunConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log_stream=sys.stdout,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains on ``run.task`` with early stopping; returns (and optionally writes) results.
+
+    The run is the training spine's (:func:`jaxfm.train.trainer.fit`): checkpoints every epoch
+    in ``run.workdir`` (``resume=True`` continues the newest good one; ``overwrite=True``
+    replaces an earlier run's), ``metrics.jsonl``, and the state on ``run.mesh``.
 
     Returns:
       ``{"task", "data", "config", "history", "best_epoch", "val": {...}, "test": {...},
-      "num_params", "seconds"}``; the test metrics use the best-validation parameters.
+      "num_params", "seconds", "preempted"}``; the test metrics use the best-validation
+      parameters.
     """
     t0 = time.perf_counter()
     source = load_pretrained_source(run.init, run.checkpoint)
@@ -461,20 +509,31 @@ def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) 
             cfg, source, data, num_layers=run.pretrained_layers
         )
     model, hops = _model(run, cfg, data)
-    mk = lambda split, shuffle: _Batches(
+    mesh = default_mesh() if run.mesh is None else make_mesh(run.mesh)
+    devices = run.devices or data_parallel_size(dict(mesh.shape))
+    if devices % data_parallel_size(dict(mesh.shape)):
+        raise ValueError(
+            f"devices={devices} must be a multiple of the mesh's data x fsdp = "
+            f"{data_parallel_size(dict(mesh.shape))} (mesh {dict(mesh.shape)})"
+        )
+    group = devices * run.accum
+    batch_size = run.recordings_per_batch if run.task == "fmri" else run.batch_size
+    mk = lambda split, shuffle, ladder=True: _Batches(
         data,
         split,
-        batch_size=run.batch_size,
+        batch_size=batch_size,
         hops=hops,
         max_nb=run.max_neighbors,
         shuffle=shuffle,
         seed=run.seed,
+        ladder=ladder,
     )
-    train_b, val_b, test_b = mk("train", True), mk("val", False), mk("test", False)
+    train_b = mk("train", True, ladder=group == 1)
+    val_b, test_b = mk("val", False), mk("test", False)
 
     rng = jax.random.key(run.seed)
     init_rng, rng = jax.random.split(rng)
-    first = _to_device(next(iter(train_b.epoch(0))))
+    first = next(iter(train_b.epoch(0)))
     params = model.init(
         init_rng,
         first.nodes,
@@ -485,39 +544,51 @@ def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) 
     )["params"]
     if pre_tensors is not None:
         params, graft_report = P.graft(params, pre_tensors, pairs)
-        params = jax.tree.map(jnp.asarray, params)
-        pre_report = {
-            **pre_report,
-            **graft_report.summary(),
-            "frozen": run.freeze_pretrained,
-        }
-    num_params = int(sum(x.size for x in jax.tree.leaves(params)))
-    steps_per_epoch = sum(1 for _ in train_b.epoch(0))
-    opt_cfg = run.optimizer
-    if opt_cfg.schedule == "warmup_cosine":
-        opt_cfg = dataclasses.replace(opt_cfg, total_steps=steps_per_epoch * run.epochs)
-    optimizer = make_optimizer(opt_cfg)
-    if run.freeze_pretrained:
-        optimizer = _freeze(optimizer, params, pairs)
-    state = TrainState.create(params, optimizer)
-    train_step = make_train_step(
-        _make_loss_fn(model, run.task, run.data_options.mask_rate), optimizer
-    )
-    predict = _make_predict(model)
-    metric, mode = _MONITOR[run.task]
-    stopper = EarlyStopping(metric=metric, mode=mode, patience=run.patience)
+        pre_report = {**pre_report, **graft_report.summary(), "frozen": run.freeze_pretrained}
+    num_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
+    micro = len(train_b)
+    batches = EpochBatches(train_b.epoch, micro, accum=run.accum, devices=devices)
+    steps_per_epoch = batches.steps_per_epoch
+    total = steps_per_epoch * run.epochs
+    frozen = P.pretrained_path_rules(pairs) if run.freeze_pretrained else ()
+    optimizer = make_optimizer(run.optimizer.for_run(total), params, frozen=frozen)
 
-    state, best, history = fit(
+    def init_state(p):
+        return TrainState.create(p, optimizer)
+
+    shardings = state_shardings_for(jax.eval_shape(init_state, params), mesh)
+    state = jax.jit(init_state, out_shardings=shardings)(params)
+    train_step = make_train_step(
+        _make_loss_fn(model, run.task, opts.mask_rate, opts.patch_mask_rate),
+        optimizer,
+        mesh=mesh,
+        state_shardings=shardings,
+    )
+    predict = _make_predict(model, mesh)
+    metric, mode = _MONITOR[run.task]
+    select = Select(metric=metric, mode=mode, patience=run.patience)
+    if run.workdir is not None:
+        Path(run.workdir).mkdir(parents=True, exist_ok=True)
+    fitted = fit(
         state,
         train_step,
-        lambda e: (_to_device(b) for b in train_b.epoch(e)),
-        lambda p: evaluate_split(predict, p, val_b, run.task),
-        epochs=run.epochs,
+        batches,
+        total_steps=total,
         rng=rng,
-        stopper=stopper,
+        steps_per_epoch=steps_per_epoch,
+        evaluate=lambda p: evaluate_split(predict, p, val_b, run.task),
+        select=select,
+        workdir=run.workdir,
+        resume=resume,
+        overwrite=overwrite,
+        run_info=run_info(run),
         log_stream=log_stream,
         progress=progress,
+        desc=f"fimp {run.task}",
     )
+    if run.workdir is not None:
+        write_json_atomic(Path(run.workdir) / "run.json", {"fimp_train": run_info(run)})
+    best = fitted.best_params
     results = {
         "task": run.task,
         "model": run.model,
@@ -534,12 +605,18 @@ def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) 
         "num_nodes": int(sum(int(g.n_node.sum()) for g in data.graphs)),
         "num_edges": int(sum(int(g.n_edge.sum()) for g in data.graphs)),
         "split_sizes": {k: len(v) for k, v in data.splits.items()},
-        "best_epoch": stopper.best_epoch,
+        "mesh": dict(mesh.shape),
+        "micro_batches_per_step": group,
+        "steps": total,
+        "best_epoch": select.best_epoch,
         "val": evaluate_split(predict, best, val_b, run.task),
         "test": evaluate_split(predict, best, test_b, run.task),
-        "history": history,
+        "history": fitted.history,
+        "preempted": fitted.preempted,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    if fitted.preempted:
+        return results
     if run.save_dir:
         save_model_dir(
             run.save_dir,
@@ -557,9 +634,7 @@ def train_fimp(run: RunConfig, *, log_stream=sys.stdout, progress: bool = True) 
     if run.output_json:
         path = Path(run.output_json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(path)
+        write_json_atomic(path, results)
     return results
 
 

@@ -59,7 +59,9 @@ class DataOptions:
         kNN (``None``: kNN).
       graph: ``"file"`` (the file's neighbour matrix, else kNN), ``"knn"``, or ``"none"`` (self
         loops only: the no-graph ablation).
-      mask_rate: fraction of tokens masked for masked prediction (expression values, fMRI patches).
+      mask_rate: fraction of a cell's sampled genes whose values are masked (``expression``;
+        FIMP paper: 80 %).
+      patch_mask_rate: fraction of each region's fMRI patches masked (``fmri``; 50 %).
       num_timepoints: fMRI timepoints per recording (multiple of 20) for synthetic recordings.
       num_recordings: synthetic fMRI recordings.
       num_nodes: synthetic node count (cells / images).
@@ -74,6 +76,7 @@ class DataOptions:
     radius_miles: float | None = None
     graph: str = "file"
     mask_rate: float = 0.8
+    patch_mask_rate: float = 0.5
     num_timepoints: int = 160
     num_recordings: int = 60
     num_nodes: int = 1200
@@ -85,8 +88,9 @@ class DataOptions:
     def __post_init__(self):
         if self.graph not in ("file", "knn", "none"):
             raise ValueError(f"graph must be 'file', 'knn' or 'none', got {self.graph!r}")
-        if not 0.0 < self.mask_rate < 1.0:
-            raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+        for name in ("mask_rate", "patch_mask_rate"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         for name in (
@@ -334,7 +338,7 @@ def _fmri(data: str, opts: DataOptions) -> FIMPData:
         senders, receivers = knn_graph(coords, opts.knn)
     graphs = []
     for i in range(r):
-        patch_mask = mask_values(np.ones((v, t // p), bool), opts.mask_rate, rng=rng)
+        patch_mask = mask_values(np.ones((v, t // p), bool), opts.patch_mask_rate, rng=rng)
         nodes = {
             "signal": signals[i],
             "xyz": np.broadcast_to(coords, (v, 3)).astype(np.float32),
