@@ -43,7 +43,16 @@ from tqdm.auto import tqdm
 from jaxfm.train.checkpoint import RunDirectory
 from jaxfm.train.step import stack_batches
 
-__all__ = ["EpochBatches", "FitResult", "Preemption", "Select", "fit", "read_metrics"]
+__all__ = [
+    "EpochBatches",
+    "FitResult",
+    "Preemption",
+    "RepeatBatches",
+    "Select",
+    "fit",
+    "read_metrics",
+    "run_splits",
+]
 
 
 @dataclasses.dataclass
@@ -165,6 +174,59 @@ class EpochBatches:
 
     def set_state(self, state: dict) -> None:
         self.epoch, self.index, self._it = int(state["epoch"]), int(state["index"]), None
+
+
+class RepeatBatches:
+    """The same batch every step (full-graph training), stacked ``[1, 1, ...]`` once.
+
+    Pass device arrays (``jax.device_put``) so that nothing is copied per step; the graph's
+    arrays then enter the step as arguments, not as constants folded into the program.
+    """
+
+    def __init__(self, batch):
+        self.batch = jax.tree.map(lambda x: x[None, None], batch)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.batch
+
+    def get_state(self) -> dict:
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        del state
+
+
+def run_splits(
+    workdir: str | Path | None,
+    splits: Iterable[int],
+    train_split: Callable[[int, Path | None], dict],
+    *,
+    resume: bool = False,
+) -> list[dict]:
+    """Runs ``train_split(i, split_workdir)`` for every split, one sub-workdir each.
+
+    ``WORKDIR/split_<i>/result.json`` marks a finished split: with ``resume`` it is read back
+    instead of trained again, and an unfinished split resumes from its own checkpoints.
+    """
+    from jaxfm.model_dir import write_json_atomic
+
+    results = []
+    for i in splits:
+        sub = None if workdir is None else Path(workdir) / f"split_{i}"
+        done = None if sub is None else sub / "result.json"
+        if resume and done is not None and done.exists():
+            results.append(json.loads(done.read_text()))
+            continue
+        result = train_split(i, sub)
+        if done is not None and not result.get("preempted"):
+            write_json_atomic(done, result)
+        results.append(result)
+        if result.get("preempted"):
+            break
+    return results
 
 
 class Preemption:
