@@ -5,7 +5,7 @@ the graph's label space are trained with AdamW at one fixed learning rate / weig
 every dataset. NFT (A.3.2): MFT, plus bottom-up gradual unfreezing of the node decoder: from
 epoch ``E0`` on, every ``dE`` epochs one more decoder layer becomes trainable and the learning
 rate is divided by 1.5. Which parameters train in each phase is a list of parameter-path regexes
-(:func:`trainable_rules`), not code branches.
+(:func:`unfreeze_epochs` and :func:`jaxfm.train.optim.make_optimizer`), not code branches.
 
 The whole graph is encoded at every step (one graph slot; GraphFM's encoder is O(N K)), and the
 node decoder runs on a batch of training targets. Evaluation decodes every node of a split.
@@ -24,13 +24,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from jaxfm.data.graph_dataset import NodeDataset, Split
 from jaxfm.graphfm import DATASET_SPECIFIC, GraphFM, GraphFMConfig, loss_and_metrics
 from jaxfm.model_dir import flatten_params, load_model_dir, unflatten_params, write_json_atomic
-from jaxfm.train import param_rules
+from jaxfm.train.optim import OptimizerConfig, make_optimizer
+from jaxfm.train.step import TrainState, make_eval_step, make_train_step
+from jaxfm.train.trainer import EpochBatches, Select, fit, run_splits
 
 __all__ = [
     "FinetuneConfig",
@@ -38,8 +39,8 @@ __all__ = [
     "finetune",
     "load_pretrained_graphfm",
     "splits_for",
-    "trainable_rules",
     "transplant_pretrained",
+    "unfreeze_epochs",
     "write_json_atomic",
 ]
 
@@ -59,9 +60,12 @@ class FinetuneConfig:
       epochs: passes over the training nodes; model selection on validation accuracy.
       batch_targets: training nodes decoded per step.
       learning_rate, weight_decay: AdamW, the same for every dataset (paper: fixed).
-      unfreeze_start, unfreeze_every: NFT's E0 and dE (epochs).
+      unfreeze_start, unfreeze_every: NFT's E0 and dE (epochs); NFT needs
+        ``unfreeze_start < epochs`` (else it would never unfreeze and equal MFT).
       lr_decay: NFT divides the learning rate by this at each unfreeze.
       seed: init of the new parameters, batch order and neighbour sampling.
+      workdir: one sub-workdir per split (checkpoints, ``metrics.jsonl``, ``result.json``;
+        None: nothing is written).
     """
 
     mode: str = "mft"
@@ -77,6 +81,7 @@ class FinetuneConfig:
     unfreeze_every: int = 10
     lr_decay: float = 1.5
     seed: int = 0
+    workdir: str | None = "runs/finetune"
 
     def __post_init__(self):
         if self.mode not in ("mft", "nft"):
@@ -87,23 +92,27 @@ class FinetuneConfig:
             raise ValueError(
                 "FinetuneConfig: bad NFT schedule (start >= 0, every >= 1, decay >= 1)"
             )
+        if self.mode == "nft" and self.unfreeze_start >= self.epochs:
+            raise ValueError(
+                f"FinetuneConfig: NFT with unfreeze_start={self.unfreeze_start} >= epochs="
+                f"{self.epochs} never unfreezes a layer (it would equal MFT); lower "
+                "--unfreeze-start or raise --epochs"
+            )
 
 
-def trainable_rules(mode: str, epoch: int, cfg: FinetuneConfig, decoder_depth: int) -> list[str]:
-    """Parameter-path regexes trained at ``epoch`` (MFT: new MLP + head; NFT: + decoder layers).
+def unfreeze_epochs(cfg: FinetuneConfig, decoder_depth: int) -> list[int]:
+    """NFT: the epoch at which decoder layer ``k`` starts training (bottom-up), for every layer
+    that unfreezes within the run; MFT: none.
 
-    >>> c = FinetuneConfig(mode="nft", checkpoint="m", dataset="d", unfreeze_start=2,
-    ...                    unfreeze_every=3)
-    >>> trainable_rules("nft", 1, c, 2)
-    ['^tokenizer/feature_mlp/', '^heads/', '^graph_heads/']
-    >>> trainable_rules("nft", 5, c, 2)[3:]
-    ['^decoder/layer_0/', '^decoder/layer_1/']
+    >>> c = FinetuneConfig(mode="nft", checkpoint="m", dataset="d", epochs=10,
+    ...                    unfreeze_start=2, unfreeze_every=3)
+    >>> unfreeze_epochs(c, 4)
+    [2, 5, 8]
     """
-    rules = list(NEW_PARAMS)
-    if mode == "nft" and epoch >= cfg.unfreeze_start:
-        n = min(decoder_depth, 1 + (epoch - cfg.unfreeze_start) // cfg.unfreeze_every)
-        rules += [f"^decoder/layer_{i}/" for i in range(n)]
-    return rules
+    if cfg.mode != "nft":
+        return []
+    starts = [cfg.unfreeze_start + k * cfg.unfreeze_every for k in range(decoder_depth)]
+    return [e for e in starts if e < cfg.epochs]
 
 
 def load_pretrained_graphfm(path: str | os.PathLike) -> tuple[GraphFMConfig, dict]:
@@ -228,8 +237,23 @@ class _GraphBatcher:
         return b, np.asarray(b.target_index)[np.asarray(b.target_mask)]
 
 
-def finetune(cfg: FinetuneConfig, *, progress: bool = True, log_stream=None) -> dict:
-    """MFT/NFT on every chosen split; returns the result dict (see ``jaxfm finetune``)."""
+def finetune(
+    cfg: FinetuneConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log_stream=None,
+) -> dict:
+    """MFT/NFT on every chosen split; returns the result dict (see ``jaxfm finetune``).
+
+    Each split is one run of the training spine (:func:`jaxfm.train.trainer.fit`) in
+    ``WORKDIR/split_<i>``: MFT trains only the new feature MLP and head
+    (:data:`NEW_PARAMS`); NFT also unfreezes decoder layer ``k`` at epoch
+    ``unfreeze_epochs(cfg)[k]`` with the learning rate divided by ``lr_decay`` each time.
+    Selection is on validation accuracy; test accuracy is reported at the selected epoch only.
+    With ``resume``, finished splits are read back and an interrupted one continues.
+    """
     from jaxfm.data.registry import load_dataset
 
     base_cfg, pretrained = load_pretrained_graphfm(cfg.checkpoint)
@@ -248,11 +272,11 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, log_stream=None) -> 
 
     def loss_fn(params, batch, key, train):
         out = model.apply({"params": params}, batch, deterministic=not train, rngs={"dropout": key})
-        return loss_and_metrics(out, batch, model_cfg)
+        return loss_and_metrics(out, batch, model_cfg)[0], {}
 
-    @jax.jit
-    def predict(params, batch):
-        return jnp.argmax(model.apply({"params": params}, batch)["logits"], -1)
+    predict = make_eval_step(
+        lambda params, batch: jnp.argmax(model.apply({"params": params}, batch)["logits"], -1)
+    )
 
     def accuracy(params, mask: np.ndarray, seed) -> float:
         nodes = np.flatnonzero(mask & (y >= 0))
@@ -263,9 +287,18 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, log_stream=None) -> 
             hits += int((pred == y[ids]).sum())
         return hits / max(len(nodes), 1)
 
-    per_split = []
-    for split_index, split in splits_for(ds, cfg.num_random_splits, cfg.splits):
-        rng = np.random.default_rng([cfg.seed, split_index])
+    chosen = splits_for(ds, cfg.num_random_splits, cfg.splits)
+    by_index = dict(chosen)
+    position = {i: k + 1 for k, (i, _) in enumerate(chosen)}
+    if progress and len(chosen) * cfg.epochs >= 200:
+        print(
+            f"{cfg.mode}: {len(chosen)} splits x {cfg.epochs} epochs on {ds.name} "
+            f"({ds.num_nodes:,} nodes): a long run",
+            file=sys.stderr,
+        )
+
+    def train_split(split_index: int, workdir) -> dict:
+        split = by_index[split_index]
         key = jax.random.key(cfg.seed * 1009 + split_index)
         key, init_key = jax.random.split(key)
         train_nodes = np.flatnonzero(split.train & (y >= 0))
@@ -274,45 +307,67 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, log_stream=None) -> 
         example, _ = batcher.batch(train_nodes[:1], 0)
         fresh = jax.jit(lambda k, b: model.init(k, b)["params"])(init_key, example)
         params, _ = transplant_pretrained(fresh, pretrained, cfg.checkpoint)
-        best = {"val_accuracy": -1.0}
-        phase_rules: list[str] | None = None
-        lr = cfg.learning_rate
-        bar = tqdm(
-            range(cfg.epochs),
-            desc=f"{cfg.mode} {ds.name} split {split_index}",
-            disable=not progress,
-            file=sys.stderr,
-            leave=False,
-        )
-        for epoch in bar:
-            rules = trainable_rules(cfg.mode, epoch, cfg, model_cfg.decoder_depth)
-            if rules != phase_rules:
-                if phase_rules is not None:
-                    lr /= cfg.lr_decay  # NFT: one more decoder layer unfrozen
-                tx = param_rules.masked_optimizer(
-                    optax.adamw(lr, weight_decay=cfg.weight_decay), params, rules
-                )
-                opt_state = tx.init(params)
-                step = _make_step(loss_fn, tx)
-                phase_rules = rules
-            order = rng.permutation(train_nodes)
+
+        def epoch_batches(epoch):
+            order = np.random.default_rng([cfg.seed, split_index, epoch]).permutation(train_nodes)
             for s in range(0, len(order), cfg.batch_targets):
-                batch, _ = batcher.batch(order[s : s + cfg.batch_targets], [cfg.seed, epoch, s])
-                key, sk = jax.random.split(key)
-                params, opt_state, _ = step(params, opt_state, batch, sk)
-            val = accuracy(params, split.val, 1)
-            if val > best["val_accuracy"]:
-                best = {
-                    "split": split_index,
-                    "val_accuracy": val,
-                    "test_accuracy": accuracy(params, split.test, 2),
-                    "best_epoch": epoch,
-                }
-            bar.set_postfix(val=f"{val:.3f}", best_test=f"{best.get('test_accuracy', 0):.3f}")
-            if log_stream is not None:
-                log_stream.write(json.dumps({"split": split_index, "epoch": epoch, "val": val}))
-                log_stream.write("\n")
-        per_split.append(best)
+                yield batcher.batch(order[s : s + cfg.batch_targets], [cfg.seed, epoch, s])[0]
+
+        micro = -(-len(train_nodes) // cfg.batch_targets)
+        data = EpochBatches(epoch_batches, micro)
+        spe = data.steps_per_epoch
+        unfreeze = unfreeze_epochs(cfg, model_cfg.decoder_depth)
+        opt = OptimizerConfig(
+            name="adamw",
+            learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            schedule="step_decay" if unfreeze else "constant",
+            decay_factor=cfg.lr_decay,
+            clip_norm=None,
+        )
+        optimizer = make_optimizer(
+            opt,
+            params,
+            trainable=list(NEW_PARAMS),
+            unfreeze=[(f"^decoder/layer_{k}/", e * spe) for k, e in enumerate(unfreeze)],
+            boundaries=[e * spe for e in unfreeze],
+        )
+        if progress and unfreeze:
+            print(
+                f"nft: decoder layers unfreeze at epochs {unfreeze} (lr / {cfg.lr_decay} each)",
+                file=sys.stderr,
+            )
+        state = TrainState.create(params, optimizer)
+        select = Select(metric="accuracy", mode="max")
+        fitted = fit(
+            state,
+            make_train_step(loss_fn, optimizer),
+            data,
+            total_steps=spe * cfg.epochs,
+            rng=key,
+            steps_per_epoch=spe,
+            evaluate=lambda p: {"accuracy": accuracy(p, split.val, 1)},
+            select=select,
+            workdir=workdir,
+            resume=resume,
+            overwrite=overwrite,
+            run_info={**json.loads(json.dumps(dataclasses.asdict(cfg))), "split": split_index},
+            log_stream=log_stream,
+            progress=progress,
+            desc=f"{cfg.mode} {ds.name} split {split_index} ({position[split_index]} of "
+            f"{len(chosen)})",
+        )
+        return {
+            "split": split_index,
+            "val_accuracy": select.best,
+            "test_accuracy": accuracy(fitted.best_params, split.test, 2),
+            "best_epoch": select.best_epoch,
+            "preempted": fitted.preempted,
+        }
+
+    workdir = None if cfg.workdir is None else Path(cfg.workdir)
+    per_split = run_splits(workdir, [i for i, _ in chosen], train_split, resume=resume)
+    preempted = any(r.get("preempted") for r in per_split)
     tests = np.array([r["test_accuracy"] for r in per_split])
     return {
         "dataset": ds.name,
@@ -321,20 +376,9 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, log_stream=None) -> 
         "test_accuracy_mean": float(tests.mean()),
         "test_accuracy_std": float(tests.std()),
         "per_split": per_split,
+        "preempted": preempted,
         "config": dataclasses.asdict(cfg),
     }
-
-
-def _make_step(loss_fn, tx):
-    @jax.jit
-    def step(params, opt_state, batch, key):
-        (loss, _), grads = jax.value_and_grad(lambda p: loss_fn(p, batch, key, True), has_aux=True)(
-            params
-        )
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return step
 
 
 def embed_graph(checkpoint: str, dataset: str, out: str, *, chunk: int = 512) -> dict:

@@ -10,9 +10,9 @@ what ``jaxfm finetune --checkpoint`` and ``jaxfm embed`` read).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -21,10 +21,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
 from jaxfm.data.graph_dataset import GraphClassificationDataset, NodeDataset
 from jaxfm.graphfm import (
@@ -36,18 +34,17 @@ from jaxfm.graphfm import (
 )
 from jaxfm.graphfm.batch import PackedBatch
 from jaxfm.model_dir import save_model_dir, write_json_atomic
-from jaxfm.train import param_rules
-from jaxfm.train.checkpoint import Checkpointer, abstract_like
 from jaxfm.train.distributed import is_main_process
-from jaxfm.train.graphfm_step import make_sharded_train_step
-from jaxfm.train.loop import TrainState
-from jaxfm.train.optim import OptimizerConfig, make_schedule
-from jaxfm.train.sharding import (
-    BATCH_AXES,
-    data_parallel_size,
-    make_mesh,
-    shardings_for,
+from jaxfm.train.optim import OptimizerConfig, make_optimizer, make_schedule
+from jaxfm.train.sharding import BATCH_AXES, data_parallel_size, make_mesh
+from jaxfm.train.step import (
+    BATCH_SPEC,
+    TrainState,
+    make_train_step,
+    stack_batches,
+    state_shardings_for,
 )
+from jaxfm.train.trainer import fit, read_metrics
 
 __all__ = [
     "PretrainConfig",
@@ -207,34 +204,28 @@ def dataset_lr_scales(train_nodes: Sequence[int], max_scale: float) -> np.ndarra
 
 
 def _make_optimizer(cfg: PretrainConfig, params, scales: np.ndarray):
-    opt = cfg.optimizer
-    lr = make_schedule(opt)
-    chain = []
-    if opt.clip_norm is not None:
-        chain.append(optax.clip_by_global_norm(opt.clip_norm))
-    if opt.name == "lamb":
-        chain.append(optax.lamb(lr, weight_decay=opt.weight_decay))
-    elif opt.name == "adamw":
-        chain.append(optax.adamw(lr, weight_decay=opt.weight_decay))
-    else:
-        chain.append(optax.adam(lr))
-    if cfg.dataset_lr_scaling:
-        chain.append(param_rules.scale_rows(jnp.asarray(scales), params, DATASET_SPECIFIC))
-    return optax.chain(*chain), lr
+    opt = cfg.optimizer.for_run(cfg.steps)
+    rows = (DATASET_SPECIFIC, scales) if cfg.dataset_lr_scaling else None
+    return make_optimizer(opt, params, row_scales=rows), make_schedule(opt)
 
 
-def _stack(batches: Sequence[PackedBatch]) -> PackedBatch:
-    return jax.tree.map(lambda *xs: np.stack(xs), *batches)
+class _PipelineSteps:
+    """The packing pipeline as the trainer's batch source: buckets -> leaves ``[A, D_local]``."""
 
+    def __init__(self, pipeline, accum: int):
+        self.pipeline, self.accum = pipeline, accum
 
-def _step_layout(batches: Sequence[PackedBatch], accum: int) -> PackedBatch:
-    """This process's buckets ``[d0*A + a ...]`` -> one batch with leaves ``[A, D_local, ...]``.
+    def __iter__(self):
+        return self
 
-    Bucket ``b`` of a step goes to accumulation step ``b % A`` of data-parallel slot ``b // A``,
-    so each process's contiguous block of buckets fills its contiguous block of slots.
-    """
-    stacked = _stack(batches)  # [D_local * A, ...]
-    return jax.tree.map(lambda x: np.swapaxes(x.reshape((-1, accum, *x.shape[1:])), 0, 1), stacked)
+    def __next__(self) -> PackedBatch:
+        return stack_batches(next(self.pipeline), self.accum)
+
+    def get_state(self) -> dict:
+        return self.pipeline.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.pipeline.set_state(state)
 
 
 def _local_block(mesh, devices: int) -> tuple[int, int]:
@@ -264,42 +255,27 @@ def _to_host(tree):
 
 
 def _per_dataset_table(names, correct, count) -> dict[str, float]:
+    """Accuracy per dataset over the recent window (every dataset, NaN-free: unseen ones absent)."""
     return {n: float(c / k) for n, c, k in zip(names, correct, count, strict=True) if k > 0}
 
 
-class _Preemption:
-    """SIGTERM (a scheduler's preemption notice) -> a flag checked after every step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def agreed(self) -> bool:
-        """True on every process once any process got the signal (they save the same step)."""
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.int32(self.requested))
-        return bool(np.asarray(flags).any())
+def run_info(cfg: PretrainConfig, model_cfg: GraphFMConfig) -> dict:
+    """What a resume must repeat: the config (minus output settings) and the corpus."""
+    info = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    for k in ("workdir", "checkpoint_every", "keep", "log_every", "mesh"):
+        info.pop(k, None)
+    info["datasets"] = [s.name for s in model_cfg.datasets]
+    return info
 
 
-def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout, progress=True):
+def pretrain(
+    cfg: PretrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log_stream=sys.stdout,
+    progress=True,
+):
     """Runs (or resumes) pretraining and returns the summary dict (also ``WORKDIR/summary.json``).
 
     The train state lives on a device mesh (``cfg.mesh``, :mod:`jaxfm.train.sharding`): created
@@ -310,8 +286,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
 
     Args:
       cfg: the run.
-      resume: continue from the newest complete checkpoint in ``WORKDIR/checkpoints`` (fresh start
+      resume: continue from the newest good checkpoint in ``WORKDIR/checkpoints`` (fresh start
         if there is none); the mesh may differ from the one that saved it.
+      overwrite: start afresh in a workdir that holds an earlier run's checkpoints.
       log_stream: where JSON metric lines go (None: silent).
       progress: tqdm progress bar on stderr.
     """
@@ -363,52 +340,25 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
     model = GraphFM(model_cfg)
     rng = jax.random.key(cfg.seed)
     init_rng, rng = jax.random.split(rng)
-    example = jax.tree.map(lambda x: x[0, 0], _step_layout(pipeline.peek(), cfg.accum))
+    example = jax.tree.map(lambda x: x[0, 0], stack_batches(pipeline.peek(), cfg.accum))
     scales = dataset_lr_scales(corpus.train_nodes_per_dataset(), cfg.max_lr_scale)
+    abstract_params = jax.eval_shape(lambda k: model.init(k, example)["params"], init_rng)
+    optimizer, lr_schedule = _make_optimizer(cfg, abstract_params, scales)
 
     def init_state(key):
-        params = model.init(key, example)["params"]
-        optimizer, _ = _make_optimizer(cfg, params, scales)
-        return TrainState.create(params, optimizer)
+        return TrainState.create(model.init(key, example)["params"], optimizer)
 
     # Created directly sharded: shapes first, then an init jitted with the state's shardings.
-    abstract = jax.eval_shape(init_state, init_rng)
-    state_shardings = shardings_for(abstract, mesh)
+    state_shardings = state_shardings_for(jax.eval_shape(init_state, init_rng), mesh)
     state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
-    optimizer, lr_schedule = _make_optimizer(cfg, abstract.params, scales)
-
-    replicated = NamedSharding(mesh, P())
-
-    def rng_global(key):  # a mesh-replicated array: every process holds (and saves) the same key
-        return jax.device_put(np.asarray(jax.random.key_data(key)), replicated)
-
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep)
-    start = 0
-    if resume:
-
-        def same_run(meta):
-            if meta.get("model_config") != model_cfg.to_dict():
-                raise ValueError(
-                    f"--resume: the checkpoint in {checkpointer.directory} was made with another "
-                    "model config or corpus; use a fresh --workdir"
-                )
-
-        got = checkpointer.restore_latest(
-            abstract_like({"train": state, "rng": rng_global(rng)}), check_meta=same_run
-        )
-        if got is not None:
-            step, tree, meta = got
-            state, rng = tree["train"], jax.random.wrap_key_data(_to_host(tree["rng"]))
-            pipeline.set_state(meta["data"])
-            start = step
-            say(f"pretrain: resumed from step {step}")
 
     def loss_fn(params, batch, key, train):
         out = model.apply({"params": params}, batch, deterministic=not train, rngs={"dropout": key})
-        return loss_and_metrics(out, batch, model_cfg)
+        loss, metrics = loss_and_metrics(out, batch, model_cfg)
+        return loss, {**metrics, "rows": batch.group_sizes.sum().astype(jnp.float32)}
 
-    train_step = make_sharded_train_step(loss_fn, optimizer, mesh, state_shardings)
-    batch_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
+    train_step = make_train_step(loss_fn, optimizer, mesh=mesh, state_shardings=state_shardings)
+    batch_sharding = NamedSharding(mesh, BATCH_SPEC)
     global_lead = (cfg.accum, devices)
 
     def put(local: PackedBatch) -> PackedBatch:
@@ -419,58 +369,50 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
             local,
         )
 
-    def save(step):
-        meta = {"data": pipeline.get_state(), "model_config": model_cfg.to_dict(), "step": step}
-        tree = {"train": state, "rng": rng_global(rng)}
-        checkpointer.save(step, tree, meta, force=True)
+    window: collections.deque = collections.deque(maxlen=50)
+    clock = [time.perf_counter()]
 
-    bar = tqdm(
-        total=cfg.steps,
-        initial=start,
+    def step_record(step, host):
+        window.append((host["dataset_correct"], host["dataset_count"]))
+        now = time.perf_counter()
+        seconds, clock[0] = now - clock[0], now
+        return {
+            "accuracy": float(host["correct"] / max(host["count"], 1)),
+            "lr": float(lr_schedule(step)),
+            "tokens_per_s": round(float(host["rows"]) / max(seconds, 1e-9), 1),
+        }
+
+    fitted = fit(
+        state,
+        train_step,
+        _PipelineSteps(pipeline, cfg.accum),
+        total_steps=cfg.steps,
+        rng=rng,
+        workdir=workdir,
+        checkpoint_every=cfg.checkpoint_every,
+        keep=cfg.keep,
+        resume=resume,
+        overwrite=overwrite,
+        run_info=run_info(cfg, model_cfg),
+        log_every=cfg.log_every,
+        step_record=step_record,
+        put=put,
+        log_stream=log_stream,
+        progress=progress,
         desc="pretrain",
-        unit="step",
-        disable=not (progress and main),
-        file=sys.stderr,
+        main=main,
     )
-    history = []
-    correct = np.zeros(len(names))
-    count = np.zeros(len(names))
-    preempted = False
-    with _Preemption() as preemption:
-        for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            local = _step_layout(next(pipeline), cfg.accum)
-            rows = int(np.asarray(local.group_sizes).sum()) * blocks
-            rng, step_rng = jax.random.split(rng)
-            state, metrics = train_step(state, put(local), step_rng)
-            metrics = _to_host(metrics)
-            if not np.isfinite(metrics["loss"]):
-                raise FloatingPointError(f"pretrain: loss became {metrics['loss']} at step {step}")
-            correct += metrics["dataset_correct"]
-            count += metrics["dataset_count"]
-            record = {
-                "step": step + 1,
-                "loss": float(metrics["loss"]),
-                "accuracy": float(metrics["correct"] / max(metrics["count"], 1)),
-                "lr": float(lr_schedule(step)),
-                "grad_norm": float(metrics["grad_norm"]),
-                "tokens_per_s": round(rows / (time.perf_counter() - t0), 1),
-            }
-            history.append(record)
-            if log_stream is not None and (step + 1) % cfg.log_every == 0:
-                log_stream.write(json.dumps(record) + "\n")
-                log_stream.flush()
-            bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
-            bar.update(1)
-            preempted = preemption.agreed() and step + 1 < cfg.steps
-            if preempted or (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                save(step + 1)
-            if preempted:
-                say(f"pretrain: SIGTERM: saved step {step + 1}, stopping")
-                break
-    bar.close()
-    checkpointer.close()
+    state, preempted = fitted.state, fitted.preempted
+    if main:
+        write_json_atomic(workdir / "run.json", {"pretrain": run_info(cfg, model_cfg)})
+    history = [r for r in read_metrics(workdir) if "loss" in r] if main else fitted.steps
+    if window:
+        correct = np.sum([c for c, _ in window], axis=0)
+        count = np.sum([k for _, k in window], axis=0)
+    else:
+        correct = count = np.zeros(len(names))
 
+    replicated = NamedSharding(mesh, P())
     params_np = _to_host(jax.jit(lambda p: p, out_shardings=replicated)(state.params))
     summary = {
         "model": cfg.model,
@@ -487,12 +429,16 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log_stream=sys.stdout
         if history
         else None,
         "train_accuracy_per_dataset": _per_dataset_table(names, correct, count),
+        "train_accuracy_window_steps": len(window),
+        "signal": fitted.signal,
         "parameters": int(sum(x.size for x in jax.tree.leaves(params_np))),
         "seconds": round(time.perf_counter() - t_start, 1),
         "model_dir": str(workdir / "model"),
     }
     if main and not preempted:
-        save_model_dir(workdir / "model", params_np, {"graphfm": model_cfg.to_dict()})
+        save_model_dir(
+            workdir / "model", params_np, {"family": "graphfm", "graphfm": model_cfg.to_dict()}
+        )
     if main:
         write_json_atomic(workdir / "summary.json", summary)
     return summary

@@ -209,7 +209,7 @@ def make_optimizer(
       boundaries: the steps at which ``step_decay`` divides the rate.
 
     Raises:
-      ValueError: a rule matches no parameter, or a schedule setting is inconsistent.
+      ValueError: no parameter would train, or a schedule setting is inconsistent.
     """
     schedule = make_schedule(cfg, boundaries)
     chain = []
@@ -226,8 +226,12 @@ def make_optimizer(
             transforms[label] = _start_at(int(start), _base(cfg, shifted))
             rules.append((rx, label))
         rules += [(rx, "train") for rx in (trainable if trainable is not None else [".*"])]
-        param_rules.label_params(params, rules, strict=True)  # every rule must match something
         labels = param_rules.label_params(params, rules, default="frozen")
+        if all(v == "frozen" for v in jax.tree.leaves(labels)):
+            raise ValueError(
+                f"make_optimizer: no parameter is trainable (rules {[r for r, _ in rules]}; "
+                f"paths look like {param_rules.paths(params)[:4]})"
+            )
         transforms["train"] = _base(cfg, schedule)
         transforms["frozen"] = optax.set_to_zero()
         chain.append(optax.multi_transform(transforms, labels))

@@ -1,5 +1,6 @@
 """GraphFM pretraining end to end: losses fall, resume == uninterrupted, finetune freezing."""
 
+import dataclasses
 import io
 import json
 import shutil
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxfm.model_dir import flatten_params, load_model_dir
-from jaxfm.train.graphfm_finetune import FinetuneConfig, trainable_rules
+from jaxfm.train.graphfm_finetune import FinetuneConfig, unfreeze_epochs
 from jaxfm.train.graphfm_pretrain import PretrainConfig, dataset_lr_scales, pretrain
 from jaxfm.train.optim import OptimizerConfig
 
@@ -66,7 +67,7 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_losses(tmp_path):
 def test_resume_with_another_config_is_refused(tmp_path):
     _run(_cfg(tmp_path, steps=2))
     other = _cfg(tmp_path, steps=4, seed=1)
-    with pytest.raises(ValueError, match="another model config"):
+    with pytest.raises(ValueError, match="other settings:\n  seed: 0 in the checkpoint"):
         _run(other, resume=True)
 
 
@@ -83,13 +84,13 @@ def test_dataset_lr_scales_favour_rare_datasets():
     np.testing.assert_allclose(dataset_lr_scales([5, 5], 8.0), [1.0, 1.0])
 
 
-def test_nft_unfreezes_decoder_layers_bottom_up():
-    cfg = FinetuneConfig(checkpoint="m", dataset="d", mode="nft", unfreeze_start=4,
+def test_nft_unfreezes_decoder_layers_bottom_up_and_refuses_a_schedule_that_never_does():
+    cfg = FinetuneConfig(checkpoint="m", dataset="d", mode="nft", epochs=9, unfreeze_start=4,
                          unfreeze_every=2)  # fmt: skip
-    assert not any("decoder" in r for r in trainable_rules("nft", 3, cfg, 3))
-    assert [r for r in trainable_rules("nft", 4, cfg, 3) if "decoder" in r] == ["^decoder/layer_0/"]
-    assert len([r for r in trainable_rules("nft", 100, cfg, 3) if "decoder" in r]) == 3
-    assert not any("decoder" in r for r in trainable_rules("mft", 100, cfg, 3))
+    assert unfreeze_epochs(cfg, 3) == [4, 6, 8]
+    assert unfreeze_epochs(dataclasses.replace(cfg, mode="mft"), 3) == []
+    with pytest.raises(ValueError, match="never unfreezes"):
+        FinetuneConfig(checkpoint="m", dataset="d", mode="nft", epochs=20, unfreeze_start=20)
 
 
 @pytest.mark.slow
