@@ -10,33 +10,69 @@ jaxfm fimp attention-map --model DIR [--data PATH] --out DIR [...]
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+
+from jaxfm.cli.fields import add_field, config_kwargs
 
 __all__ = ["add_parser"]
 
 
-def _data_options(args, task: str):
-    from jaxfm.train.fimp_data import DataOptions
+_DATA_FIELDS = [
+    "data_options.graph",
+    "data_options.knn",
+    "data_options.radius_miles",
+    "data_options.max_genes",
+    "data_options.mask_rate",
+    "data_options.patch_mask_rate",
+    "data_options.num_nodes",
+    "data_options.num_recordings",
+    "data_options.num_timepoints",
+    "data_options.image_size",
+    "data_options.seed",
+]
+_RUN_FIELDS = [
+    "task",
+    "model",
+    "data",
+    "variant",
+    "baseline_hidden",
+    "baseline_depth",
+    "fill",
+    "init",
+    "checkpoint",
+    "freeze_pretrained",
+    "pretrained_layers",
+    "epochs",
+    "patience",
+    "batch_size",
+    "recordings_per_batch",
+    "max_neighbors",
+    "mesh",
+    "accum",
+    "devices",
+    "seed",
+    "workdir",
+    "save_dir",
+    "output_json",
+    "optimizer.name",
+    "optimizer.learning_rate",
+    "optimizer.weight_decay",
+    "optimizer.schedule",
+    "optimizer.warmup_steps",
+    "optimizer.clip_norm",
+]
 
-    return DataOptions(
-        max_genes=args.max_genes,
-        knn=args.knn,
-        radius_miles=args.radius_miles,
-        graph=args.graph,
-        mask_rate=args.mask_rate
-        if args.mask_rate is not None
-        else (0.8 if task == "expression" else 0.5),
-        num_nodes=args.num_nodes,
-        num_recordings=args.num_recordings,
-        image_size=args.image_size,
-        seed=args.data_seed,
-    )
+
+def _data_options(args):
+    from jaxfm.train.fimp import RunConfig
+
+    return config_kwargs(args, RunConfig, _DATA_FIELDS)["data_options"]
 
 
 def _fimp_train(args) -> int:
     from jaxfm.train.fimp import RunConfig, train_fimp
-    from jaxfm.train.optim import OptimizerConfig
 
     overrides = {}
     for name in ("num_layers", "dim", "edge_chunk_size", "dropout"):
@@ -48,37 +84,16 @@ def _fimp_train(args) -> int:
     if args.shared_self:
         overrides["separate_self"] = False
     run = RunConfig(
-        task=args.task,
-        model=args.model,
-        baseline_hidden=args.hidden,
-        baseline_depth=args.depth,
-        fill=args.fill,
-        data=args.data,
-        variant=args.variant,
+        **config_kwargs(args, RunConfig, _RUN_FIELDS),
+        data_options=_data_options(args),
         overrides=overrides,
-        data_options=_data_options(args, args.task),
-        optimizer=OptimizerConfig(
-            name=args.optimizer,
-            learning_rate=args.lr,
-            weight_decay=args.weight_decay,
-            schedule="warmup_cosine" if args.warmup_steps else "constant",
-            warmup_steps=args.warmup_steps,
-            total_steps=max(args.warmup_steps + 1, 2),
-        ),
-        epochs=args.epochs,
-        patience=args.patience,
-        batch_size=args.batch_size,
-        max_neighbors=args.max_neighbors,
-        seed=args.seed,
-        save_dir=args.save,
-        output_json=args.output_json,
-        init=args.init,
-        checkpoint=args.checkpoint,
-        freeze_pretrained=args.freeze_pretrained,
-        pretrained_layers=args.pretrained_layers,
     )
     results = train_fimp(
-        run, log_stream=sys.stdout if args.log_epochs else None, progress=not args.no_progress
+        run,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        log_stream=sys.stdout if args.log_epochs else None,
+        progress=not args.no_progress,
     )
     summary = {
         k: results[k]
@@ -94,22 +109,22 @@ def _fimp_train(args) -> int:
             "best_epoch",
             "val",
             "test",
+            "preempted",
             "seconds",
         )
     }
     print(json.dumps({"summary": summary}))
-    return 0
+    return 143 if results["preempted"] else 0
 
 
 def _fimp_embed(args) -> int:
-    from jaxfm.train.fimp_embed import ZERO_SHOT_MODELS, embed_zero_shot
+    from jaxfm.train.fimp_embed import embed_zero_shot
 
-    task = ZERO_SHOT_MODELS[args.model][1]
     res = embed_zero_shot(
         args.model,
         args.checkpoint,
         data=args.data,
-        data_options=_data_options(args, task),
+        data_options=_data_options(args),
         out=args.out,
         edge_chunk_size=args.edge_chunk_size,
     )
@@ -118,31 +133,12 @@ def _fimp_embed(args) -> int:
 
 
 def _add_data_arguments(t) -> None:
-    t.add_argument(
-        "--graph",
-        default="file",
-        choices=["file", "knn", "none"],
-        help="neighbour graph: the file's own, kNN on coordinates, or none (self "
-        "loops only: the no-graph ablation)",
-    )
-    t.add_argument("--knn", type=int, default=6, help="neighbours per node for kNN graphs")
-    t.add_argument(
-        "--radius-miles",
-        type=float,
-        help="image networks: connect images within this distance (haversine)",
-    )
-    t.add_argument("--max-genes", type=int, default=64, help="gene tokens sampled per cell")
-    t.add_argument(
-        "--mask-rate", type=float, help="masked fraction (expression default 0.8, fmri 0.5)"
-    )
-    t.add_argument("--num-nodes", type=int, default=1200, help="synthetic cells/images")
-    t.add_argument("--num-recordings", type=int, default=60, help="synthetic fMRI recordings")
-    t.add_argument(
-        "--image-size",
-        type=int,
-        help="side of synthetic images (default 16; with --init vit the checkpoint's size)",
-    )
-    t.add_argument("--data-seed", type=int, default=0, help="seed of splits, gene samples, masks")
+    from jaxfm.train.fimp import RunConfig
+
+    for path in _DATA_FIELDS:
+        flags = ("--data-seed",) if path == "data_options.seed" else ()
+        choices = ["file", "knn", "none"] if path == "data_options.graph" else None
+        add_field(t, RunConfig, path, *flags, **({"choices": choices} if choices else {}))
 
 
 def _fimp_attention_map(args) -> int:
@@ -166,32 +162,36 @@ def add_parser(sub) -> None:
     fimp = sub.add_parser("fimp", help="FIMP: foundation-informed message passing")
     fsub = fimp.add_subparsers(dest="fimp_command", required=True)
 
-    t = fsub.add_parser("train", help="train FIMP on a task; prints JSON metrics")
-    t.add_argument("--task", required=True, choices=["expression", "celltype", "fmri", "image"])
-    t.add_argument(
-        "--data",
-        default="synthetic",
-        help="dataset file (.h5ad/.loom for expression/celltype, .npz for image/fmri) "
-        "or 'synthetic' (default)",
+    from jaxfm.train.fimp import MODELS, RunConfig
+
+    t = fsub.add_parser(
+        "train",
+        help="train FIMP on a task; prints JSON metrics",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    t.add_argument(
-        "--model",
-        default="fimp",
-        choices=["fimp", "mlp", "gcn", "sage", "gat", "gin", "gps"],
-        help="FIMP, or a baseline: mlp (no graph) or a GNN (GCN, GraphSAGE, GAT, GIN, GPS)",
-    )
-    t.add_argument("--hidden", type=int, default=128, help="baselines: hidden width")
-    t.add_argument(
-        "--depth", type=int, default=2, help="baselines: layers (message-passing hops for GNNs)"
-    )
-    t.add_argument(
-        "--fill",
-        default="zero",
-        choices=["zero", "noise", "mean", "interp"],
-        help="baselines on fmri: fill masked patches with zeros, noise, the region mean or "
-        "linear interpolation in time (FIMP paper, appendix B.3)",
-    )
-    t.add_argument("--variant", default="tiny", help="FIMP size preset: tiny, small, base")
+    choices = {
+        "task": ["expression", "celltype", "fmri", "image"],
+        "model": list(MODELS),
+        "fill": ["zero", "noise", "mean", "interp"],
+        "init": ["scratch", "vit", "scgpt", "genept", "brainlm"],
+        "optimizer.name": ["adam", "adamw", "lamb", "sgd"],
+        "optimizer.schedule": ["constant", "warmup_cosine", "step_decay"],
+    }
+    flags = {
+        "baseline_hidden": ("--hidden", "--baseline-hidden"),
+        "baseline_depth": ("--depth", "--baseline-depth"),
+        "save_dir": ("--save", "--save-dir"),
+        "optimizer.name": ("--optimizer",),
+        "optimizer.learning_rate": ("--lr", "--learning-rate"),
+        "optimizer.weight_decay": ("--weight-decay",),
+        "optimizer.schedule": ("--schedule",),
+        "optimizer.warmup_steps": ("--warmup-steps",),
+        "optimizer.clip_norm": ("--clip-norm",),
+    }
+    for path in _RUN_FIELDS:
+        extra = {"choices": choices[path]} if path in choices else {}
+        add_field(t, RunConfig, path, *flags.get(path, ()), **extra)
+    _add_data_arguments(t)
     t.add_argument("--num-layers", type=int, help="FIMP layers (message-passing hops)")
     t.add_argument("--dim", type=int, help="token width")
     t.add_argument("--dropout", type=float)
@@ -203,39 +203,10 @@ def add_parser(sub) -> None:
         "loops get their own creator, H + M_self + mean M_nbr)",
     )
     t.add_argument("--edge-chunk-size", type=int, help="edges per attention chunk (memory bound)")
-    _add_data_arguments(t)
+    t.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     t.add_argument(
-        "--init",
-        default="scratch",
-        choices=["scratch", "vit", "scgpt", "genept", "brainlm"],
-        help="FIMP-base from scratch, or a pretrained variant (needs --checkpoint)",
+        "--overwrite", action="store_true", help="replace an earlier run's checkpoints in --workdir"
     )
-    t.add_argument(
-        "--checkpoint",
-        help="vit/scgpt/brainlm: a model directory from `jaxfm convert`; genept: a gene "
-        "embedding table (.csv gene,v1,...; .json {gene: [..]}; .npy + gene list; .npz)",
-    )
-    t.add_argument(
-        "--freeze-pretrained", action="store_true", help="keep the pretrained weights fixed"
-    )
-    t.add_argument(
-        "--pretrained-layers",
-        type=int,
-        help="use only the first k pretrained encoder layers as the message creator",
-    )
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--patience", type=int, default=5, help="early stopping on validation")
-    t.add_argument(
-        "--batch-size", type=int, default=128, help="seed nodes (or fMRI recordings) per batch"
-    )
-    t.add_argument("--max-neighbors", type=int, help="sample at most this many in-neighbours")
-    t.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "lamb"])
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--warmup-steps", type=int, default=0)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--save", help="write the best model (params + config) to this directory")
-    t.add_argument("--output-json", help="write the full results (history, val, test) here")
     t.add_argument("--log-epochs", action="store_true", help="print one JSON line per epoch")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=_fimp_train)

@@ -10,6 +10,7 @@ jaxfm graphfm summary --config NAME [--mesh fsdp=8]
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -34,14 +35,11 @@ def _pretrain(args) -> int:
         defaults.optimizer,
         learning_rate=args.lr or defaults.optimizer.learning_rate,
         total_steps=args.steps,
-        warmup_steps=min(defaults.optimizer.warmup_steps, max(args.steps // 10, 1)),
-    )
-    if args.steps <= opt.warmup_steps:
-        opt = dataclasses.replace(opt, schedule="constant", warmup_steps=0)
+    ).for_run(args.steps)
     cfg = PretrainConfig(
-        model=args.config,
+        model=args.model,
         data=tuple(args.data or ()),
-        synthetic_graphs=args.synthetic,
+        synthetic_graphs=args.synthetic_graphs,
         exclude=tuple(args.exclude or ()),
         steps=args.steps,
         accum=args.accum,
@@ -52,13 +50,17 @@ def _pretrain(args) -> int:
         keep=args.keep,
         optimizer=OptimizerConfig(**dataclasses.asdict(opt)),
         workdir=args.workdir,
-        checkpoint_every=args.checkpoint_every or args.steps,
+        checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
         seed=args.seed,
         model_overrides={"dtype": args.dtype} if args.dtype else {},
     )
     summary = pretrain(
-        cfg, resume=args.resume, log_stream=sys.stdout, progress=not args.no_progress
+        cfg,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        log_stream=sys.stdout,
+        progress=not args.no_progress,
     )
     from jaxfm.train.distributed import is_main_process
 
@@ -68,20 +70,32 @@ def _pretrain(args) -> int:
     return PREEMPTED_EXIT if summary["preempted"] else 0
 
 
+_FINETUNE_FIELDS = [
+    "mode",
+    "checkpoint",
+    "dataset",
+    "num_random_splits",
+    "epochs",
+    "batch_targets",
+    "learning_rate",
+    "weight_decay",
+    "unfreeze_start",
+    "unfreeze_every",
+    "lr_decay",
+    "seed",
+    "workdir",
+]
+
+
 def _finetune(args) -> int:
+    from jaxfm.cli.fields import config_kwargs
     from jaxfm.train.graphfm_finetune import FinetuneConfig, finetune
 
     splits = None if args.splits == "all" else [int(s) for s in args.splits.split(",")]
-    cfg = FinetuneConfig(
-        mode=args.mode,
-        checkpoint=args.checkpoint,
-        dataset=args.dataset,
-        splits=splits,
-        num_random_splits=args.random_splits,
-        epochs=args.epochs,
-        seed=args.seed,
+    cfg = FinetuneConfig(**config_kwargs(args, FinetuneConfig, _FINETUNE_FIELDS), splits=splits)
+    result = finetune(
+        cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
     )
-    result = finetune(cfg, progress=not args.no_progress)
     if args.output_json:
         from jaxfm.model_dir import write_json_atomic
 
@@ -91,7 +105,7 @@ def _finetune(args) -> int:
             {k: result[k] for k in ("dataset", "mode", "test_accuracy_mean", "test_accuracy_std")}
         )
     )
-    return 0
+    return PREEMPTED_EXIT if result["preempted"] else 0
 
 
 def _embed(args) -> int:
@@ -155,23 +169,27 @@ def _summary(args) -> int:
 
 def add_parsers(sub) -> None:
     """Registers the GraphFM commands."""
+    from jaxfm.cli.fields import add_field
+    from jaxfm.train.graphfm_pretrain import PretrainConfig
+
     p = sub.add_parser(
         "pretrain",
         help="GraphFM multi-graph pretraining (no arguments: small model, synthetic SBM corpus)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--config", default="small", help="small | medium | large")
+    add_field(p, PretrainConfig, "model", "--config", "--model")
     p.add_argument(
         "--data",
         action="append",
         help="dataset file or folder (scanned recursively); repeatable. Default: synthetic only",
     )
-    p.add_argument("--synthetic", type=int, default=24, help="synthetic SBM graphs to add")
+    add_field(p, PretrainConfig, "synthetic_graphs", "--synthetic", "--synthetic-graphs")
     p.add_argument(
         "--exclude",
         action="append",
         help="regex of dataset names to keep out of pretraining (evaluation graphs); repeatable",
     )
-    p.add_argument("--steps", type=int, default=300)
+    add_field(p, PretrainConfig, "steps")
     p.add_argument("--accum", type=int, default=1, help="gradient-accumulation buckets per step")
     p.add_argument(
         "--mesh",
@@ -186,34 +204,41 @@ def add_parsers(sub) -> None:
     p.add_argument("--coordinator", help="HOST:PORT of process 0 (multi-process, explicit)")
     p.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
     p.add_argument("--process-id", type=int, help="this process (with --coordinator)")
-    p.add_argument("--node-budget", type=int, default=2048, help="node rows per packed bucket")
-    p.add_argument(
-        "--target-budget", type=int, default=256, help="decoded target nodes per packed bucket"
-    )
-    p.add_argument("--keep", type=int, default=3, help="newest checkpoints kept")
+    add_field(p, PretrainConfig, "node_budget")
+    add_field(p, PretrainConfig, "target_budget")
+    add_field(p, PretrainConfig, "keep")
     p.add_argument("--lr", type=float, help="peak learning rate (LAMB)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
-    p.add_argument("--workdir", default="runs/pretrain")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    p.add_argument("--log-every", type=int, default=1)
+    add_field(p, PretrainConfig, "workdir")
+    add_field(p, PretrainConfig, "checkpoint_every")
+    add_field(p, PretrainConfig, "log_every")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run's checkpoints in --workdir"
+    )
+    add_field(p, PretrainConfig, "seed")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quiet-summary", action="store_true", help="summary to stderr")
     p.set_defaults(func=_pretrain)
 
-    f = sub.add_parser("finetune", help="MFT / NFT finetuning of a pretrained GraphFM")
-    f.add_argument("--mode", required=True, choices=["mft", "nft"])
-    f.add_argument("--checkpoint", required=True, help="model directory (WORKDIR/model)")
-    f.add_argument("--dataset", required=True, help="dataset file or folder")
+    from jaxfm.train.graphfm_finetune import FinetuneConfig
+
+    f = sub.add_parser(
+        "finetune",
+        help="MFT / NFT finetuning of a pretrained GraphFM",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    flags = {"num_random_splits": ("--random-splits",), "learning_rate": ("--lr",)}
+    for path in _FINETUNE_FIELDS:
+        extra = {"choices": ["mft", "nft"]} if path == "mode" else {}
+        add_field(f, FinetuneConfig, path, *flags.get(path, ()), **extra)
     f.add_argument(
         "--splits",
         default="all",
         help="'all' or comma-separated split indices (public splits, else seeded 60/20/20)",
     )
-    f.add_argument("--random-splits", type=int, default=5, help="seeded splits if none public")
-    f.add_argument("--epochs", type=int, default=60)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--resume", action="store_true", help="continue; finished splits are kept")
+    f.add_argument("--overwrite", action="store_true", help="replace an earlier run in --workdir")
     f.add_argument("--output-json")
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=_finetune)
