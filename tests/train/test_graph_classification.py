@@ -1,13 +1,19 @@
 """Graph classification: stratified folds, disjoint-union batching, baselines, GraphFM-MFT."""
 
+import json
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
 
+from jaxfm.baselines import GraphClassifier
+from jaxfm.data import graph_batches as gb
 from jaxfm.data.graph_dataset import GraphClassificationDataset, SmallGraph
-from jaxfm.graph.batching import Budget
+from jaxfm.graph.batching import Budget, graph_mask
 from jaxfm.model_dir import flatten_params
 from jaxfm.train import graph_classification as gc
+from jaxfm.train import trainer
 
 
 def _tree_or_2tree(n: int, two_tree: bool, rng) -> SmallGraph:
@@ -36,7 +42,7 @@ def _triangle_set(num: int = 40, seed: int = 0) -> GraphClassificationDataset:
 
 def test_folds_are_stratified_disjoint_and_cover_every_graph():
     y = np.array([0] * 23 + [1] * 11 + [2] * 7)
-    folds = gc.stratified_folds(y, k=5, seed=3)
+    folds = gb.stratified_folds(y, k=5, seed=3)
     assert len(folds) == 5
     tests = np.concatenate([f.test for f in folds])
     np.testing.assert_array_equal(np.sort(tests), np.arange(y.size))  # each graph tested once
@@ -47,17 +53,17 @@ def test_folds_are_stratified_disjoint_and_cover_every_graph():
         for c, total in zip(range(3), (23, 11, 7), strict=True):
             count = int((y[f.test] == c).sum())
             assert total // 5 <= count <= -(-total // 5)
-    again = gc.stratified_folds(y, k=5, seed=3)
+    again = gb.stratified_folds(y, k=5, seed=3)
     assert all(np.array_equal(a.test, b.test) for a, b in zip(folds, again, strict=True))
     with pytest.raises(ValueError, match="k"):
-        gc.stratified_folds(y, k=2)
+        gb.stratified_folds(y, k=2)
 
 
 @pytest.mark.parametrize("kind", ["gin", "gcn"])
 def test_padding_graphs_and_batch_mates_do_not_change_logits(kind):
     ds = _triangle_set(6, seed=1)
-    union = gc._Union(ds, np.zeros(1, np.float32), np.ones(1, np.float32))
-    model = gc.GraphClassifier(kind=kind, hidden=8, depth=2, dropout=0.0)
+    union = gb.GraphUnion(ds, np.zeros(1, np.float32), np.ones(1, np.float32))
+    model = GraphClassifier(kind=kind, hidden=8, depth=2, dropout=0.0)
     small = union.batch(np.array([0, 1, 2]), Budget(n_node=64, n_edge=160, n_graph=4))
     big = union.batch(np.array([0, 1, 2]), Budget(n_node=200, n_edge=400, n_graph=9))
     params = model.init(jax.random.key(0), small)
@@ -76,11 +82,79 @@ def test_padding_graphs_and_batch_mates_do_not_change_logits(kind):
 
 def test_gin_baseline_learns_triangles_above_chance():
     ds = _triangle_set(70)
-    fold = gc.Fold(train=np.arange(40), val=np.arange(40, 50), test=np.arange(50, 70))
+    fold = gb.Fold(train=np.arange(40), val=np.arange(40, 50), test=np.arange(50, 70))
     out = gc.train_graph_baseline(
         ds, "gin", folds=[fold], epochs=15, hidden=16, depth=2, dropout=0.0, batch_size=8
     )
     assert out["test_accuracy_mean"] >= 0.85  # 20 balanced test graphs: chance is 0.5
+
+
+def test_union_batches_have_batch_size_graphs_whatever_the_order():
+    """The budget ladder holds the ``batch_size`` largest graphs together, so an epoch always has
+    ``ceil(n / batch_size)`` batches (the spine's fixed steps per epoch)."""
+    rng = np.random.default_rng(0)
+    sizes = [4] * 30 + [60, 70, 80, 90]  # a heavy tail: the 1.5x-mean rung cannot hold it
+    graphs = tuple(_tree_or_2tree(n, False, rng) for n in sizes)
+    ds = GraphClassificationDataset(
+        name="tail", graphs=graphs, y=np.zeros(len(sizes), np.int32), num_classes=2
+    )
+    union = gb.GraphUnion(ds, np.zeros(1, np.float32), np.ones(1, np.float32))
+    budgets = gb.union_budgets(union, 8)
+    assert len(budgets) == 4  # the three-rung ladder plus the rung for the worst batch
+    orders = [np.argsort(sizes)[::-1], *(rng.permutation(len(sizes)) for _ in range(3))]
+    for order in orders:
+        batches = list(gb.union_batches(union, order, budgets, 8))
+        real = [int(graph_mask(b).sum()) for b in batches]
+        assert real == [8, 8, 8, 8, 2]
+        labels = np.concatenate([b.globals[:r] for b, r in zip(batches, real, strict=True)])
+        assert labels.size == len(sizes)
+
+
+def _same_size_set(num: int, n: int = 8) -> GraphClassificationDataset:
+    """Trees and 2-trees of ``n`` nodes: every 4-graph batch pads to one budget (one compile)."""
+    rng = np.random.default_rng(0)
+    y = np.arange(num) % 2
+    graphs = tuple(_tree_or_2tree(n, bool(c), rng) for c in y)
+    return GraphClassificationDataset(
+        name="same", graphs=graphs, y=y.astype(np.int32), num_classes=2
+    )
+
+
+def test_interrupted_multi_fold_run_resumes_to_the_uninterrupted_results(tmp_path, monkeypatch):
+    ds = _same_size_set(24)
+    folds = gb.stratified_folds(ds.y, k=3)  # 8 graphs each: 2 steps per epoch, 6 per fold
+    kw = dict(folds=folds, epochs=3, hidden=8, depth=1, dropout=0.2, batch_size=4)
+    reference = gc.train_graph_baseline(ds, "gin", **kw)
+    assert not reference["preempted"] and len(reference["per_fold"]) == 3
+
+    calls = []
+    fit = trainer.fit
+
+    def recording_fit(*args, **kwargs):
+        result = fit(*args, **kwargs)
+        calls.append((Path(kwargs["workdir"]).name, result.start_step, result.preempted))
+        return result
+
+    monkeypatch.setattr(gc, "fit", recording_fit)
+    checks = iter(range(10**6))  # a SIGTERM during fold 1's step 3 (the 9th step of the run)
+    with monkeypatch.context() as m:
+        m.setattr(trainer.Preemption, "agreed", lambda self: next(checks) == 8)
+        cut = gc.train_graph_baseline(ds, "gin", workdir=tmp_path, **kw)
+    assert cut["preempted"] and cut["per_fold"] == reference["per_fold"][:1]
+    assert calls == [("split_0", 0, False), ("split_1", 0, True)]
+    assert (tmp_path / "split_0" / "result.json").exists()
+    assert not (tmp_path / "split_1" / "result.json").exists()
+
+    calls.clear()
+    resumed = gc.train_graph_baseline(ds, "gin", workdir=tmp_path, resume=True, **kw)
+    assert calls == [("split_1", 3, False), ("split_2", 0, False)]  # fold 0 is not redone
+    assert not resumed["preempted"]
+    assert resumed["per_fold"] == reference["per_fold"]
+    assert resumed["test_accuracy_mean"] == reference["test_accuracy_mean"]
+    epochs = [r["epoch"] for r in trainer.read_metrics(tmp_path / "split_1")]
+    assert epochs == [0, 1, 2]  # the resumed fold's history, each epoch once
+    done = json.loads((tmp_path / "split_0" / "result.json").read_text())
+    assert done["test_accuracy"] == reference["per_fold"][0]["test_accuracy"]
 
 
 def _tiny_model_dir(path):
