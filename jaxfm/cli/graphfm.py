@@ -5,7 +5,7 @@ jaxfm pretrain [--config NAME] [--data PATH ...] [--steps N] [--workdir DIR] [--
                [--coordinator HOST:PORT --num-processes N --process-id I]
 jaxfm finetune --mode {mft,nft} --checkpoint DIR --dataset PATH [--splits all] [--output-json F]
 jaxfm embed --checkpoint DIR --dataset PATH --out FILE.npy
-jaxfm graphfm summary --config NAME [--mesh fsdp=8]
+jaxfm graphfm summary --config NAME [--mesh fsdp=8] [--explain-attention [--dtype bfloat16]]
 """
 
 from __future__ import annotations
@@ -162,6 +162,12 @@ def _summary(args) -> int:
     if args.mesh:
         summary["sharding"] = _sharded_bytes(config, args.mesh)
         print(_format_sharding(summary["sharding"]))
+    if args.explain_attention:
+        from jaxfm.graphfm.summary import explain_train_step
+        from jaxfm.ops.explain import format_explanation
+
+        summary["attention"] = explain_train_step(config, dtype=args.dtype)
+        print(format_explanation(summary["attention"]))
     if args.json:
         print(json.dumps(summary))
     return 0
@@ -259,4 +265,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--config", default="small")
     s.add_argument("--json", action="store_true")
     s.add_argument("--mesh", help="also bytes per device on this mesh, e.g. fsdp=8")
+    s.add_argument(
+        "--explain-attention",
+        action="store_true",
+        help="lower one train step; report each attention call's implementation",
+    )
+    s.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype to explain")
     s.set_defaults(func=_summary)

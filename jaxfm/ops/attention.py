@@ -1,10 +1,21 @@
 """The one attention entry point of jaxfm, and its dense reference.
 
 Every module that attends (FIMP message creators, the GraphFM Perceiver, foundation-model layers)
-goes through :func:`attention`. It wraps :func:`jax.nn.dot_product_attention`: on GPU it takes the
-cuDNN flash path when dtype and shapes allow, elsewhere the XLA path. Segment ids, key masks and
-sequence lengths are turned into whatever the chosen implementation wants (a dense boolean mask for
-XLA; sequence-length arguments for cuDNN where they express the same thing).
+goes through :func:`attention`. Segment ids, key masks and sequence lengths are turned into whatever
+the chosen implementation wants. Implementations (``implementation=``):
+
+* ``"xla"``: :func:`jax.nn.dot_product_attention` with a dense boolean ``[B, 1, Tq, Tk]`` mask.
+* ``"cudnn"``: its cuDNN flash path; sequence lengths stay lengths, other masks become a bias.
+  Auto on GPU when dtype/head dim allow and no dense mask is needed (the ``bucketed`` layout).
+* ``"splash"``: the TPU splash kernel with separate q and kv segment ids
+  (:mod:`jaxfm.ops.splash`); auto on TPU whenever supported (no bias, f32/bf16). Off TPU it runs in
+  Pallas interpret mode (for tests).
+* ``"cudnn_packed"``: packed (THD) cuDNN attention through JAX's private cuDNN function
+  (:mod:`jaxfm.ops.cudnn_packed`); explicit opt-in only (Hopper or newer, contiguous segments).
+* ``"reference"``: the dense float32 oracle :func:`attention_reference`.
+
+Each call runs inside a ``jax.named_scope`` naming its call number and implementation
+(``jaxfm_attention_<i>_<impl>``), which :mod:`jaxfm.ops.explain` finds again in the compiled HLO.
 
 Two behaviours differ on purpose from ``jax.nn.dot_product_attention``:
 
@@ -16,12 +27,28 @@ Two behaviours differ on purpose from ``jax.nn.dot_product_attention``:
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["attention", "attention_reference", "build_mask", "cudnn_supported"]
+from jaxfm.ops import cudnn_packed as _cudnn_packed
+from jaxfm.ops.splash import splash_attention, splash_supported
 
-_IMPLEMENTATIONS = (None, "xla", "cudnn", "reference")
+__all__ = [
+    "IMPLEMENTATIONS",
+    "attention",
+    "attention_reference",
+    "build_mask",
+    "cudnn_supported",
+    "resolve_implementation",
+]
+
+#: Accepted values of ``implementation`` (``None`` = choose by backend).
+IMPLEMENTATIONS = (None, "xla", "cudnn", "splash", "cudnn_packed", "reference")
+_IMPLEMENTATIONS = IMPLEMENTATIONS
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
@@ -34,6 +61,11 @@ def _validate(q, k, v, q_segment_ids, kv_segment_ids, kv_mask, q_seq_lengths, kv
     _check(q.ndim == 4, f"attention: q must be [B, Tq, H, Dh], got shape {q.shape}")
     _check(k.ndim == 4, f"attention: k must be [B, Tk, H, Dh], got shape {k.shape}")
     _check(v.ndim == 4, f"attention: v must be [B, Tk, H, Dh], got shape {v.shape}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check(
+            jnp.issubdtype(x.dtype, jnp.floating),
+            f"attention: {name} must be a floating array, got dtype {x.dtype}",
+        )
     b, tq, h, dh = q.shape
     _check(
         k.shape[0] == b and k.shape[2] == h and k.shape[3] == dh,
@@ -67,13 +99,23 @@ def _validate(q, k, v, q_segment_ids, kv_segment_ids, kv_mask, q_seq_lengths, kv
             f"attention: kv_mask must have shape {(b, tk)}, got {tuple(kv_mask.shape)}",
         )
         _check(kv_mask.dtype == jnp.bool_, f"attention: kv_mask must be bool, got {kv_mask.dtype}")
-    for name, arr in (("q_seq_lengths", q_seq_lengths), ("kv_seq_lengths", kv_seq_lengths)):
+    for name, arr, size in (
+        ("q_seq_lengths", q_seq_lengths, tq),
+        ("kv_seq_lengths", kv_seq_lengths, tk),
+    ):
         if arr is not None:
             _check(
                 tuple(arr.shape) == (b,) and jnp.issubdtype(arr.dtype, jnp.integer),
                 f"attention: {name} must be an int array of shape {(b,)}, got "
                 f"{tuple(arr.shape)} {arr.dtype}",
             )
+            if not isinstance(arr, jax.core.Tracer) and b > 0:
+                a = np.asarray(arr)
+                lo, hi = int(a.min()), int(a.max())
+                _check(
+                    lo >= 0 and hi <= size,
+                    f"attention: {name} must lie in [0, {size}], got values in [{lo}, {hi}]",
+                )
 
 
 def build_mask(
@@ -141,9 +183,14 @@ def attention_reference(q, k, v, *, mask=None, bias=None, return_weights=False):
     return (out, p) if return_weights else out
 
 
+def _backend() -> str:
+    """The default backend's platform (one place, so tests can pose as a TPU host)."""
+    return jax.default_backend()
+
+
 def cudnn_supported(q, k, v, *, bias=None) -> bool:
     """Whether the cuDNN flash path can run these arguments on the current default backend."""
-    if jax.default_backend() != "gpu":
+    if _backend() != "gpu":
         return False
     if q.dtype not in _CUDNN_DTYPES or not (q.dtype == k.dtype == v.dtype):
         return False
@@ -151,6 +198,64 @@ def cudnn_supported(q, k, v, *, bias=None) -> bool:
     if dh != dv or dh % 8 or dh > 128:
         return False
     return bias is None or bias.dtype == q.dtype
+
+
+def resolve_implementation(
+    q, k, v, *, bias=None, dense_masking: bool = False, implementation: str | None = None
+) -> str:
+    """The implementation :func:`attention` uses for these arguments (``None`` = auto).
+
+    Auto: ``"splash"`` on TPU when :func:`~jaxfm.ops.splash.splash_supported`; ``"cudnn"`` on GPU
+    when :func:`cudnn_supported` and nothing needs a dense mask (segment ids, ``kv_mask``);
+    ``"xla"`` otherwise. An explicit choice passes through.
+    """
+    if implementation is not None:
+        return implementation
+    backend = _backend()
+    if backend == "tpu" and splash_supported(q, k, v, bias=bias):
+        return "splash"
+    if backend == "gpu" and not dense_masking and cudnn_supported(q, k, v, bias=bias):
+        return "cudnn"
+    return "xla"
+
+
+# ----------------------------------------------------------------------------- call records
+
+_CALL_IDS = itertools.count()
+_RECORDERS: list[list[dict]] = []
+
+
+@contextlib.contextmanager
+def record_attention_calls():
+    """Collects one dict per :func:`attention` call traced inside the block.
+
+    Each record has ``tag`` (the ``jax.named_scope`` of the call), ``implementation``,
+    ``requested``, ``q``/``k`` shapes, ``dtype`` and ``masking`` (which arguments masked). Used by
+    :func:`jaxfm.ops.explain.explain_attention`.
+    """
+    records: list[dict] = []
+    _RECORDERS.append(records)
+    try:
+        yield records
+    finally:
+        _RECORDERS.remove(records)
+
+
+def _record(impl, requested, q, k, masking) -> str:
+    tag = f"jaxfm_attention_{next(_CALL_IDS)}_{impl}"
+    for records in _RECORDERS:
+        records.append(
+            dict(
+                tag=tag,
+                implementation=impl,
+                requested=requested,
+                q=tuple(q.shape),
+                k=tuple(k.shape),
+                dtype=str(q.dtype),
+                masking=masking,
+            )
+        )
+    return tag
 
 
 def attention(
@@ -170,19 +275,22 @@ def attention(
     """Multi-head scaled dot-product attention with segment ids and masks.
 
     Args:
-      q: queries.
-      k: keys.
-      v: values.
+      q: queries (floating).
+      k: keys (floating).
+      v: values (floating).
       q_segment_ids: int ids of the query tokens; query i attends key j only where
         ``q_segment_ids[b, i] == kv_segment_ids[b, j] != 0`` (0 marks padding).
       kv_segment_ids: int ids of the key tokens (pass with ``q_segment_ids``).
       kv_mask: True for valid keys.
       bias: additive logits bias, broadcastable to ``[B, H, Tq, Tk]``.
-      q_seq_lengths: number of valid (leading) query rows per batch element.
-      kv_seq_lengths: number of valid (leading) keys per batch element. On GPU these reach cuDNN
-        as its sequence-length arguments; prefer them to ``kv_mask`` when valid keys are a prefix.
-      implementation: ``None`` (auto: cuDNN on GPU when supported and no dense mask is needed,
-        else XLA), ``"xla"``, ``"cudnn"`` or ``"reference"`` (the dense float32 oracle). Static.
+      q_seq_lengths: number of valid (leading) query rows per batch element, in ``[0, Tq]``.
+      kv_seq_lengths: number of valid (leading) keys per batch element, in ``[0, Tk]``. On GPU
+        these reach cuDNN as its sequence-length arguments; prefer them to ``kv_mask`` when valid
+        keys are a prefix.
+      implementation: ``None`` (auto, see :func:`resolve_implementation`), ``"xla"``,
+        ``"cudnn"``, ``"splash"``, ``"cudnn_packed"`` (opt-in, see
+        :func:`jaxfm.ops.cudnn_packed.cudnn_packed_attention`) or ``"reference"`` (the dense
+        float32 oracle). Static.
       return_weights: also return the attention probabilities (uses the reference path). Static.
 
     Returns:
@@ -194,7 +302,9 @@ def attention(
       ``[B, Tk]`` int; kv_mask ``[B, Tk]`` bool; seq lengths ``[B]`` int.
 
     Raises:
-      ValueError: at trace time, naming the argument, for mismatched shapes or dtypes.
+      ValueError: before compilation, naming the argument, for mismatched shapes, non-floating
+        q/k/v, non-integer ids or lengths, sequence lengths outside ``[0, T]`` (when concrete),
+        an unknown implementation, or arguments the chosen implementation cannot express.
 
     Example:
       >>> import jax.numpy as jnp
@@ -208,10 +318,78 @@ def attention(
         f"attention: implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}",
     )
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+    q_segment_ids, kv_segment_ids, kv_mask, q_seq_lengths, kv_seq_lengths = (
+        None if x is None else jnp.asarray(x)
+        for x in (q_segment_ids, kv_segment_ids, kv_mask, q_seq_lengths, kv_seq_lengths)
+    )
     _validate(q, k, v, q_segment_ids, kv_segment_ids, kv_mask, q_seq_lengths, kv_seq_lengths)
+    dense_masking = q_segment_ids is not None or kv_mask is not None
+    requested = implementation
+    impl = "reference" if return_weights else implementation
+    impl = resolve_implementation(q, k, v, bias=bias, dense_masking=dense_masking,
+                                  implementation=impl)  # fmt: skip
+    masking = tuple(
+        name
+        for name, x in (
+            ("segment_ids", q_segment_ids),
+            ("kv_mask", kv_mask),
+            ("bias", bias),
+            ("q_seq_lengths", q_seq_lengths),
+            ("kv_seq_lengths", kv_seq_lengths),
+        )
+        if x is not None
+    )
+    if impl == "splash":
+        _check(
+            splash_supported(q, k, v, bias=bias),
+            "attention: implementation='splash' needs float32/bfloat16 q/k/v of one dtype, "
+            f"equal head dims and no bias; got {q.dtype}/{k.dtype}/{v.dtype}, bias "
+            f"{'set' if bias is not None else 'None'}",
+        )
+    if impl == "cudnn_packed":
+        _check(
+            q_segment_ids is not None,
+            "attention: implementation='cudnn_packed' needs q_segment_ids and kv_segment_ids",
+        )
+        _check(
+            not {"kv_mask", "bias", "q_seq_lengths", "kv_seq_lengths"} & set(masking),
+            "attention: implementation='cudnn_packed' takes segment ids only (no kv_mask, bias "
+            "or seq lengths: fold padding into segment id 0)",
+        )
+    tag = _record(impl, requested, q, k, masking)
+    with jax.named_scope(tag):
+        return _dispatch(
+            impl, q, k, v, q_segment_ids, kv_segment_ids, kv_mask, bias, q_seq_lengths,
+            kv_seq_lengths, return_weights,
+        )  # fmt: skip
+
+
+def _dispatch(
+    impl, q, k, v, q_segment_ids, kv_segment_ids, kv_mask, bias, q_seq_lengths, kv_seq_lengths,
+    return_weights,
+):  # fmt: skip
     b, tq, _, _ = q.shape
     tk = k.shape[1]
-    dense_masking = q_segment_ids is not None or kv_mask is not None
+    if impl == "splash":
+        q_valid = kv_valid = None
+        if q_seq_lengths is not None:
+            q_valid = jnp.arange(tq)[None, :] < q_seq_lengths[:, None]  # [B, Tq]
+        if kv_seq_lengths is not None:
+            kv_valid = jnp.arange(tk)[None, :] < kv_seq_lengths[:, None]  # [B, Tk]
+        if kv_mask is not None:
+            kv_valid = kv_mask if kv_valid is None else kv_valid & kv_mask
+        return splash_attention(
+            q,
+            k,
+            v,
+            q_segment_ids=q_segment_ids,
+            kv_segment_ids=kv_segment_ids,
+            q_valid=q_valid,
+            kv_valid=kv_valid,
+        )
+    if impl == "cudnn_packed":
+        return _cudnn_packed.cudnn_packed_attention(q, k, v, q_segment_ids, kv_segment_ids)
+
     mask = build_mask(
         tq,
         tk,
@@ -222,15 +400,11 @@ def attention(
         q_seq_lengths=q_seq_lengths,
         kv_seq_lengths=kv_seq_lengths,
     )
-    if return_weights or implementation == "reference":
+    if impl == "reference":
         return attention_reference(q, k, v, mask=mask, bias=bias, return_weights=return_weights)
 
-    if implementation is None:
-        use_cudnn = not dense_masking and cudnn_supported(q, k, v, bias=bias)
-        implementation = "cudnn" if use_cudnn else "xla"
-
-    if implementation == "cudnn":
-        if dense_masking:
+    if impl == "cudnn":
+        if q_segment_ids is not None or kv_mask is not None:
             # cuDNN takes masks as an additive bias; lengths stay lengths.
             seg_mask = build_mask(
                 tq,

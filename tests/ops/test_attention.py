@@ -142,13 +142,36 @@ def test_return_weights_rows_sum_to_one_or_zero():
         ),
         (dict(kv_seq_lengths=np.ones((3,), np.int32)), "kv_seq_lengths must be"),
         (dict(implementation="flash"), "implementation must be one of"),
+        (dict(q=np.ones((2, 5, 2, 8), np.int32)), "q must be a floating array"),
+        (dict(k=np.ones((2, 7, 2, 8), bool)), "k must be a floating array"),
+        (dict(v=np.ones((2, 7, 2, 8), np.int8)), "v must be a floating array"),
+        (dict(kv_seq_lengths=np.array([3, -1], np.int32)), r"kv_seq_lengths must lie in \[0, 7\]"),
+        (dict(kv_seq_lengths=np.array([8, 1], np.int32)), r"kv_seq_lengths must lie in \[0, 7\]"),
+        (dict(q_seq_lengths=np.array([6, 1], np.int32)), r"q_seq_lengths must lie in \[0, 5\]"),
+        (dict(implementation="cudnn_packed"), "cudnn_packed' needs q_segment_ids"),
+        (
+            dict(
+                q_segment_ids=np.ones((2, 5), np.int32),
+                kv_segment_ids=np.ones((2, 7), np.int32),
+                kv_mask=np.ones((2, 7), bool),
+                implementation="cudnn_packed",
+            ),
+            "takes segment ids only",
+        ),
     ],
 )
 def test_bad_input_names_argument(kwargs, match):
     q, k, v = _inputs(0)
     args = dict(q=q, k=k, v=v)
-    for name in ("k", "v"):
+    for name in ("q", "k", "v"):
         if name in kwargs:
-            args[name] = jnp.asarray(kwargs.pop(name), jnp.float32)
+            x = kwargs.pop(name)
+            args[name] = jnp.asarray(x, jnp.float32 if x.dtype == np.float64 else x.dtype)
     with pytest.raises(ValueError, match=match):
         attention(args["q"], args["k"], args["v"], **kwargs)
+
+
+def test_traced_seq_lengths_are_not_checked_but_shape_is():
+    q, k, v = _inputs(10)
+    fn = jax.jit(lambda n: attention(q, k, v, kv_seq_lengths=n))
+    np.testing.assert_allclose(fn(jnp.array([7, 7])), attention(q, k, v), atol=1e-6)
