@@ -507,7 +507,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     _check_file(path)
     out: dict[str, np.ndarray] = {}
     try:
-        with safe_open(path, framework="numpy") as f:
+        with safe_open(path, framework="numpy", backend="pread") as f:
             for key in f.offset_keys():
                 code = f.get_slice(key).get_dtype()
                 if code not in _SAFETENSORS_NUMPY_DTYPES:

@@ -321,7 +321,7 @@ def _read_safetensors(file: Path):
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(file, framework="numpy") as f:
+        with safe_open(file, framework="numpy", backend="pread") as f:
             for name in f.offset_keys():
                 yield name, f.get_tensor(name)
     except SafetensorError as e:

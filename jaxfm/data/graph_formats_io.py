@@ -29,7 +29,14 @@ import scipy.sparse as sp
 from jaxfm.data import restricted_pickle as rp
 from jaxfm.data.graph_validate import DatasetFormatError
 
-__all__ = ["load_restricted_pickle", "npz_member_shapes", "read_npy_bytes", "read_npz"]
+__all__ = [
+    "check_sparse_tree",
+    "load_restricted_pickle",
+    "npz_member_shapes",
+    "read_npy_bytes",
+    "read_npz",
+    "read_plain_npz",
+]
 
 PathLike = str | os.PathLike
 
@@ -174,7 +181,7 @@ def load_restricted_pickle(
     fp = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     policy = _Policy(budget)
     try:
-        return rp.RestrictedUnpickler(
+        obj = rp.RestrictedUnpickler(
             fp,
             globals_=_SparseModules(policy.globals),
             guards=policy.guards,
@@ -186,6 +193,73 @@ def load_restricted_pickle(
         raise DatasetFormatError(f"{where}: unsafe or corrupt pickle: {e}") from e
     except (Exception, RecursionError) as e:  # the stack machine fails in many ways on bad input
         raise DatasetFormatError(f"{where}: truncated or corrupt pickle ({e!r})") from e
+    check_sparse_tree(obj, where)
+    return obj
+
+
+def check_sparse_tree(obj, where: str, _depth: int = 0) -> None:
+    """Validates every scipy sparse matrix inside ``obj`` (containers, object arrays).
+
+    An unpickled matrix never went through its constructor's checks, and scipy's compiled
+    routines do not bounds-check indices: an out-of-range index must be refused here.
+
+    Raises:
+      DatasetFormatError: naming ``where`` and the problem (e.g. an index out of range).
+    """
+    if _depth > 8:
+        return
+    if sp.issparse(obj):
+        try:
+            if obj.format in ("csr", "csc", "bsr"):
+                obj.check_format(full_check=True)
+            elif obj.format == "coo":
+                obj._check()
+            else:
+                obj.tocsr().check_format(full_check=True)
+        except Exception as e:
+            raise DatasetFormatError(
+                f"{where}: malformed {obj.format.upper()} sparse matrix of shape "
+                f"{getattr(obj, '_shape', '?')} ({e})"
+            ) from e
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            check_sparse_tree(v, where, _depth + 1)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            check_sparse_tree(v, where, _depth + 1)
+    elif isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+        for v in obj.ravel():
+            check_sparse_tree(v, where, _depth + 1)
+
+
+def read_plain_npz(path: PathLike) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` holding plain (non-object) arrays, with errors naming the file.
+
+    Unlike ``np.load``, a file that is not an ``.npz`` archive (e.g. a text file) is reported as
+    such, not with advice to enable pickles.
+
+    Raises:
+      DatasetFormatError: missing file, not an ``.npz`` archive, a corrupt member, or a member
+        holding pickled objects.
+    """
+    out = {}
+    with _open_zip(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            where = f"{path} (member {info.filename})"
+            try:
+                with zf.open(info) as fp:
+                    out[info.filename[:-4]] = np.lib.format.read_array(fp, allow_pickle=False)
+            except ValueError as e:
+                if "pickle" in str(e).lower():
+                    raise DatasetFormatError(
+                        f"{where}: holds pickled Python objects; store plain numeric arrays"
+                    ) from e
+                raise DatasetFormatError(f"{where}: truncated or corrupt ({e})") from e
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise DatasetFormatError(f"{where}: truncated or corrupt ({e})") from e
+    return out
 
 
 def read_npy_bytes(data: bytes, where: str) -> np.ndarray:
@@ -219,8 +293,13 @@ def _open_zip(path: PathLike) -> zipfile.ZipFile:
         return zipfile.ZipFile(path)
     except FileNotFoundError as e:
         raise DatasetFormatError(f"{path}: file not found") from e
+    except IsADirectoryError as e:
+        raise DatasetFormatError(f"{path}: is a directory, not an .npz file") from e
     except (zipfile.BadZipFile, OSError) as e:
-        raise DatasetFormatError(f"{path}: not a readable .npz (zip) archive ({e})") from e
+        raise DatasetFormatError(
+            f"{path}: not a readable .npz archive (a zip of .npy arrays, as numpy.savez writes); "
+            f"it may be a text file or truncated ({e})"
+        ) from e
 
 
 def read_npz(path: PathLike) -> dict[str, np.ndarray]:
