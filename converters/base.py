@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib
+import json
 import os
 import shutil
 import tempfile
@@ -13,9 +14,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from converters.errors import ConversionError
 
-__all__ = ["FAMILIES", "Converted", "load_family", "write_model_dir"]
+__all__ = ["FAMILIES", "Converted", "check_output_dir", "load_family", "write_model_dir"]
 
 #: family name -> converter module (imported lazily by :func:`load_family`).
 FAMILIES = {"vit": "converters.vit", "scgpt": "converters.scgpt", "brainlm": "converters.brainlm"}
@@ -55,12 +58,83 @@ def load_family(family: str) -> ModuleType:
     return importlib.import_module(FAMILIES[family])
 
 
+def _model_dir_family(path: Path) -> str | None:
+    """The family of an earlier jaxfm model directory at ``path`` (None if it is not one)."""
+    from jaxfm.model_dir import CONFIG_FILE, PARAMS_FILE
+
+    if not (path / PARAMS_FILE).is_file() or not (path / CONFIG_FILE).is_file():
+        return None
+    try:
+        family = json.loads((path / CONFIG_FILE).read_text()).get("family")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return family if family in FAMILIES else None
+
+
+def check_output_dir(
+    out: str | os.PathLike, *, src: str | os.PathLike | None = None, overwrite: bool = False
+) -> None:
+    """Refuses an output directory whose replacement would destroy anything but a model.
+
+    OUT may be absent, an empty directory, or - with ``overwrite`` - an earlier jaxfm model
+    directory (``params.safetensors`` and a ``config.json`` naming a known family). It may not
+    be SRC, lie inside SRC, or contain SRC.
+
+    Raises:
+      ConversionError: naming OUT and what it holds.
+    """
+    out = Path(out)
+    if src is not None:
+        o, s = out.resolve(), Path(src).resolve()
+        if o == s or s in o.parents or o in s.parents:
+            how = "is" if o == s else "is inside" if s in o.parents else "contains"
+            raise ConversionError(
+                f"output {out} {how} the source {src}; writing it would replace the source "
+                "checkpoint - choose an output directory outside the source"
+            )
+    if out.is_symlink() and not out.exists():
+        raise ConversionError(f"output {out} is a dangling symbolic link")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConversionError(f"output {out} exists and is not a directory")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    family = _model_dir_family(out)
+    if family is None:
+        shown = ", ".join(entries[:5]) + (
+            f", ... ({len(entries)} entries)" if len(entries) > 5 else ""
+        )
+        raise ConversionError(
+            f"output {out} is not empty and is not a jaxfm model directory (it holds {shown}); "
+            "converting would delete these files - choose a new or empty directory"
+        )
+    if not overwrite:
+        raise ConversionError(
+            f"output {out} already holds a converted {family} model; pass --overwrite to replace it"
+        )
+
+
+def _contiguous_in_place(tree: dict) -> None:
+    """Replaces every strided leaf by a C-contiguous copy, one at a time, so a view's source
+    array can be freed as soon as its last view is replaced (instead of all at once)."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _contiguous_in_place(value)
+        else:
+            arr = np.asarray(value)
+            tree[key] = arr if arr.flags.c_contiguous else arr.copy(order="C")
+
+
 def write_model_dir(
     converted: Converted,
     out: str | os.PathLike,
     *,
     check: Callable[[Path], Any] | None = None,
     release_params: bool = False,
+    src: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> Any:
     """Writes ``converted`` to ``out`` atomically, optionally checking it before it lands.
 
@@ -74,20 +148,32 @@ def write_model_dir(
       out: target model directory.
       check: called with the staging directory; its return value is returned. To reject the
         result without an exception, raise from ``check``.
-      release_params: empty ``converted.params`` once written, before ``check`` runs, so the
-        arrays (and a memory-mapped source checkpoint behind them) can be freed while the
-        check loads the model again (halves peak memory of ``convert --verify``).
+      release_params: the caller gives ``converted.params`` up: strided leaves are made
+        contiguous in place (one at a time, so the writer copies nothing) and the tree is
+        emptied once written, before ``check`` runs, so the arrays can be freed while the check
+        loads the model again (halves peak memory of ``convert --verify``).
+      src: the source checkpoint; OUT may not be, contain or lie inside it.
+      overwrite: allow replacing an earlier jaxfm model directory (see
+        :func:`check_output_dir`; anything else non-empty is always refused).
 
     Returns:
       ``check``'s return value (``None`` without ``check``).
+
+    Raises:
+      ConversionError: OUT is refused by :func:`check_output_dir`.
+      OutputWriteError: writing failed (disk full, ...); OUT is unchanged, nothing is left.
     """
-    from jaxfm.model_dir import save_model_dir
+    from jaxfm.model_dir import OutputWriteError, save_model_dir
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConversionError(f"output {out} exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.stage-", dir=out.parent))
+    check_output_dir(out, src=src, overwrite=overwrite)
+    if release_params:
+        _contiguous_in_place(converted.params)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.stage-", dir=out.parent))
+    except OSError as e:
+        raise OutputWriteError(e.errno, f"could not write {out}: {e.strerror or e}") from e
     try:
         staged = save_model_dir(
             stage_root / out.name,
@@ -99,6 +185,7 @@ def write_model_dir(
             converted.params = {}
             gc.collect()
         result = check(staged) if check is not None else None
+        check_output_dir(out, src=src, overwrite=overwrite)  # unchanged while we converted?
         if out.exists():
             old = stage_root / ".old"
             out.rename(old)
@@ -110,5 +197,9 @@ def write_model_dir(
         else:
             staged.rename(out)
         return result
+    except OutputWriteError:
+        raise
+    except OSError as e:
+        raise OutputWriteError(e.errno, f"could not write {out}: {e.strerror or e}") from e
     finally:
         shutil.rmtree(stage_root, ignore_errors=True)

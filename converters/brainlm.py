@@ -42,6 +42,7 @@ from converters.mapping import (
     layer_norm_rules,
     linear_rules,
     linear_to_heads,
+    require_tensors,
     strict_merge,
 )
 from converters.verify import VerifyRow, compare
@@ -344,6 +345,7 @@ def convert(src: Path) -> Converted:
         )
     hf = _read_json(config_path)
     pe_key = "vit.embeddings.pos_embedding.pe"
+    require_tensors(state, {}, {pe_key: 2}, what=f"BrainLM checkpoint {ckpt.name}")
     pe_max_len = int(state[pe_key].shape[0]) if pe_key in state else 5000
     config = config_from_hf(hf, pe_max_len=pe_max_len)
     report = _check_pe_buffers(state, config)

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import collections
 import io
-import json
 import math
 import mmap
 import os
-import pickle
 import pickletools
 import struct
 import zipfile
@@ -45,6 +43,7 @@ import ml_dtypes
 import numpy as np
 
 from converters.errors import CheckpointFormatError, UnsafePickleError
+from jaxfm.data import restricted_pickle as rp
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -64,6 +63,10 @@ TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "params")
 
 _ZIP_MAGIC = b"PK\x03\x04"
+
+#: Default bound on the inflated size of compressed archive members, relative to the file size.
+DEFAULT_MAX_INFLATION = 10.0
+_MIN_INFLATED = 16 * 2**20
 
 # --------------------------------------------------------------------------------------------
 # dtypes
@@ -111,23 +114,10 @@ _TORCH_DTYPES: dict[str, np.dtype] = {
     "complex128": np.dtype("<c16"),
 }
 
-_SAFETENSORS_DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"),
-    "U32": np.dtype("<u4"),
-    "U16": np.dtype("<u2"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype(bool),
-}
+#: safetensors dtype codes that safetensors' numpy reader returns (no float8 in numpy).
+_SAFETENSORS_NUMPY_DTYPES = frozenset(
+    "F64 F32 F16 BF16 I64 I32 I16 I8 U64 U32 U16 U8 BOOL C64".split()
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,22 +125,38 @@ _SAFETENSORS_DTYPES: dict[str, np.dtype] = {
 # --------------------------------------------------------------------------------------------
 
 
-class _StorageType:
+class _Frozen:
+    """Stand-ins for torch classes are process-wide singletons: never modifiable."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{self!r} is read-only")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"{self!r} is read-only")
+
+
+class _StorageType(_Frozen):
     """Stand-in for ``torch.FloatStorage`` & co. (only ever used as a persistent-id tag)."""
 
+    __slots__ = ("dtype", "name")
+
     def __init__(self, name: str):
-        self.name = name
-        self.dtype = _STORAGE_DTYPES[name]
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", _STORAGE_DTYPES[name])
 
     def __repr__(self) -> str:
         return f"torch.{self.name}"
 
 
-class _TensorType:
+class _TensorType(_Frozen):
     """Stand-in for ``torch.Tensor`` / ``torch.nn.Parameter`` in ``_rebuild_from_type_v2``."""
 
+    __slots__ = ("name",)
+
     def __init__(self, name: str):
-        self.name = name
+        object.__setattr__(self, "name", name)
 
     def __repr__(self) -> str:
         return self.name
@@ -194,6 +200,13 @@ def _tensor_from_storage(
         raise _BadTensor(
             f"tensor (offset {offset}, size {size}, stride {stride}) reads element {last} of a "
             f"storage with {base.size} elements"
+        )
+    if offset + numel > base.size:  # e.g. a stride-0 (expanded) tensor: its copy would not fit
+        held = max(base.size - offset, 0) * base.itemsize
+        raise _BadTensor(
+            f"tensor of size {size} (stride {stride}, offset {offset}) needs "
+            f"{numel * base.itemsize} bytes, more than the {held} bytes its storage holds from "
+            "that offset"
         )
     contiguous = tuple(int(math.prod(size[i + 1 :])) for i in range(len(size)))
     if all(n == 1 or s == c for n, s, c in zip(size, stride, contiguous, strict=True)):
@@ -380,36 +393,82 @@ def _check_globals(globals_: list[tuple[str, str]], name: str) -> None:
             )
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, *, name: str, load_storage: Callable[[tuple], _Storage]):
-        super().__init__(file)
-        self._name = name
-        self._load_storage = load_storage
+def _guards(budget: int) -> tuple[dict[int, Callable], dict[int, Callable]]:
+    """``(guards, newobj)`` for :class:`jaxfm.data.restricted_pickle.RestrictedUnpickler`: how
+    each callable allowed global is called (arguments checked against ``budget`` bytes)."""
+    scalar = _numpy_scalar()
 
-    def find_class(self, module: str, attr: str) -> Any:
-        try:
-            return ALLOWED_GLOBALS[(module, attr)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"{self._name}: the pickle references the global '{module}.{attr}', which is "
-                "not a tensor, storage or container; refusing to load it",
-                f"{module}.{attr}",
-            ) from None
+    def numpy_scalar(dtype, obj=None):
+        if not isinstance(dtype, np.dtype) or dtype.hasobject:
+            raise rp.PickleRefused("numpy scalar of an object or non-dtype type")
+        rp.check_nbytes(dtype.itemsize, budget, "numpy scalar")
+        if not isinstance(obj, bytes) or len(obj) != dtype.itemsize:
+            raise rp.PickleRefused(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes")
+        return scalar(dtype, obj)
 
-    def persistent_load(self, pid: Any) -> Any:
-        return self._load_storage(pid)
+    def new_builtin(cls, *args):
+        for a in args:
+            rp.check_nbytes(rp.arg_nbytes(a, cls.__name__), budget, f"{cls.__name__}.__new__")
+        return cls.__new__(cls, *args)
+
+    guards: dict[int, Callable] = {}
+    newobj: dict[int, Callable] = {}
+    for fn in (
+        _rebuild_tensor,
+        _rebuild_tensor_v2,
+        _rebuild_tensor_v3,
+        _rebuild_parameter,
+        _rebuild_from_type_v2,
+        _codecs_encode,
+        _torch_device,
+    ):
+        guards[id(fn)] = fn  # these check their own arguments
+    guards[id(_torch_size)] = rp.guard_call(_torch_size, budget, name="torch.Size")
+    guards[id(collections.OrderedDict)] = rp.guard_call(collections.OrderedDict, budget)
+    guards[id(np.dtype)] = rp.dtype_guard(budget)
+    guards[id(scalar)] = numpy_scalar
+    builtins = (dict, list, tuple, set, frozenset, int, float, bool, complex, str, bytes, bytearray)
+    for cls in builtins:
+        guards[id(cls)] = rp.guard_call(cls, budget)
+        newobj[id(cls)] = new_builtin
+    return guards, newobj
 
 
-def _unpickle(data: bytes, name: str, load_storage: Callable[[tuple], _Storage]) -> Any:
+#: Types of pickle-created objects whose state BUILD may set (a state dict's ``_metadata``;
+#: the byte order of a freshly created numpy dtype).
+_BUILD_TYPES = (collections.OrderedDict, np.dtype)
+
+
+def _unpickle(
+    data: bytes | memoryview,
+    name: str,
+    load_storage: Callable[[tuple], _Storage],
+    *,
+    budget: int | None = None,
+) -> Any:
+    """Restricted unpickling: the static global scan, then the guarded stack machine."""
     _check_globals(scan_pickle_globals(data, name=name), name)
+    budget = max(rp.DEFAULT_BUDGET, 2 * len(data)) if budget is None else budget
+    guards, newobj = _guards(budget)
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), name=name, load_storage=load_storage).load()
+        return rp.RestrictedUnpickler(
+            io.BytesIO(data),
+            globals_=ALLOWED_GLOBALS,
+            guards=guards,
+            newobj=newobj,
+            build_types=_BUILD_TYPES,
+            persistent_load=load_storage,
+        ).load()
     except (UnsafePickleError, CheckpointFormatError):
         raise
+    except rp.PickleRefused as e:
+        raise UnsafePickleError(f"{name}: refusing to load the pickle: {e}", str(e)) from e
     except _BadTensor as e:
         raise CheckpointFormatError(f"{name}: {e}") from e
-    except Exception as e:
-        raise CheckpointFormatError(f"{name}: the pickle could not be read ({e})") from e
+    except (Exception, RecursionError) as e:  # the stack machine fails in many ways on bad input
+        raise CheckpointFormatError(
+            f"{name}: the pickle could not be read ({type(e).__name__}: {e})"
+        ) from e
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,60 +491,65 @@ def _mmap(path: Path) -> mmap.mmap:
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a ``.safetensors`` file as read-only numpy views of a memory map.
+    """Reads a ``.safetensors`` file with the safetensors library, one tensor at a time.
+
+    The library validates the header before any tensor is read: offsets must tile the data
+    section exactly (no overlapping, out-of-order, gapped or out-of-file tensors), shapes must be
+    non-negative integers and byte ranges must match shape x dtype.
 
     Raises:
-      CheckpointFormatError: missing, truncated or malformed file (names the file and tensor).
+      CheckpointFormatError: missing, truncated or malformed file, or a float8 tensor (names the
+        file and tensor).
     """
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     _check_file(path)
-    size = path.stat().st_size
-    if size < 8:
-        raise CheckpointFormatError(f"safetensors file {path} is truncated ({size} bytes)")
-    mm = _mmap(path)
-    (n,) = struct.unpack("<Q", mm[:8])
-    if 8 + n > size:
-        raise CheckpointFormatError(
-            f"safetensors file {path} is truncated: header of {n} bytes, file of {size} bytes"
-        )
-    try:
-        header = json.loads(bytes(mm[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointFormatError(f"safetensors file {path}: header is not JSON ({e})") from e
-    if not isinstance(header, dict):
-        raise CheckpointFormatError(f"safetensors file {path}: header is not a JSON object")
     out: dict[str, np.ndarray] = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointFormatError(
-                f"safetensors file {path}: tensor {key!r} has a bad header entry {info!r}"
-            ) from e
-        count = math.prod(shape)
-        if end - begin != count * dtype.itemsize or begin < 0 or min(shape, default=0) < 0:
-            raise CheckpointFormatError(
-                f"safetensors file {path}: tensor {key!r} spans bytes [{begin}, {end}) which do "
-                f"not hold {shape} x {info['dtype']}"
-            )
-        if 8 + n + end > size:
-            raise CheckpointFormatError(
-                f"safetensors file {path} is truncated: tensor {key!r} ends at byte "
-                f"{8 + n + end}, file has {size} bytes"
-            )
-        out[key] = np.frombuffer(mm, dtype, count, offset=8 + n + begin).reshape(shape)
+    try:
+        with safe_open(path, framework="numpy", backend="pread") as f:
+            for key in f.offset_keys():
+                code = f.get_slice(key).get_dtype()
+                if code not in _SAFETENSORS_NUMPY_DTYPES:
+                    raise CheckpointFormatError(
+                        f"safetensors file {path}: tensor {key!r} has dtype {code}, which cannot "
+                        "be read into numpy; save the checkpoint in float32, float16 or bfloat16"
+                    )
+                out[key] = f.get_tensor(key)
+    except CheckpointFormatError:
+        raise
+    except (SafetensorError, OSError, ValueError, TypeError, AttributeError) as e:
+        raise CheckpointFormatError(
+            f"safetensors file {path} is truncated or malformed ({e})"
+        ) from e
     return out
+
+
+def max_inflated_bytes(file_size: int, max_inflation: float | None = None) -> int:
+    """How many bytes the compressed members of a ``file_size``-byte archive may inflate to.
+
+    ``max_inflation`` (default: the ``JAXFM_MAX_INFLATION`` environment variable, else
+    :data:`DEFAULT_MAX_INFLATION`) times the file size, and at least 16 MiB. ``torch.save`` stores
+    members uncompressed, so only re-zipped checkpoints are concerned; a deflate bomb is not.
+    """
+    if max_inflation is None:
+        env = os.environ.get("JAXFM_MAX_INFLATION", "")
+        try:
+            max_inflation = float(env) if env.strip() else DEFAULT_MAX_INFLATION
+        except ValueError:
+            raise CheckpointFormatError(
+                f"JAXFM_MAX_INFLATION={env!r} is not a number (a ratio such as 10)"
+            ) from None
+    return max(_MIN_INFLATED, int(max_inflation * file_size))
 
 
 class _TorchZip:
     """Member access for a PyTorch zip checkpoint (mmap for uncompressed members)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, max_inflation: float | None = None):
         self.path = path
+        self._size = path.stat().st_size
+        self._inflate_left = max_inflated_bytes(path.stat().st_size, max_inflation)
         try:
             self.zf = zipfile.ZipFile(path)
             self.infos = {i.filename: i for i in self.zf.infolist()}
@@ -507,7 +571,6 @@ class _TorchZip:
             )
         self.prefix = pkls[0][: -len("data.pkl")]
         self._mm: mmap.mmap | None = None
-        self._size = path.stat().st_size
         self.big_endian = False
         order = self.infos.get(self.prefix + "byteorder")
         if order is not None:
@@ -517,9 +580,31 @@ class _TorchZip:
             self.big_endian = value == "big"
 
     def read_bytes(self, name: str) -> bytes:
+        info = self.infos[name]
+        if info.compress_type != zipfile.ZIP_STORED:
+            if info.file_size > self._inflate_left:
+                raise CheckpointFormatError(
+                    f"checkpoint {self.path}: member {name!r} inflates to {info.file_size} bytes, "
+                    f"beyond the limit for a {self._size}-byte file (a zip bomb?); raise "
+                    "JAXFM_MAX_INFLATION (ratio to the file size) if the file is trusted"
+                )
+            self._inflate_left -= info.file_size
+        elif info.file_size > self._size:
+            raise CheckpointFormatError(
+                f"checkpoint {self.path} is truncated: member {name!r} claims {info.file_size} "
+                f"bytes, the file has {self._size}"
+            )
         try:
             return self.zf.read(name)
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        except (
+            zipfile.BadZipFile,
+            OSError,
+            EOFError,
+            zlib.error,
+            RuntimeError,  # encrypted member
+            NotImplementedError,  # unknown compression method
+            ValueError,
+        ) as e:
             raise CheckpointFormatError(
                 f"checkpoint {self.path}: member {name!r} is unreadable ({e}); the file is "
                 "truncated or corrupt"
@@ -605,8 +690,13 @@ def _looks_like_zip(path: Path) -> bool:
         return f.read(4) == _ZIP_MAGIC
 
 
-def read_pickle_tree(path: str | os.PathLike) -> Any:
+def read_pickle_tree(path: str | os.PathLike, *, max_inflation: float | None = None) -> Any:
     """The object tree of a PyTorch zip checkpoint, tensors as numpy arrays.
+
+    Args:
+      path: the checkpoint file.
+      max_inflation: bound on the inflated size of compressed members relative to the file size
+        (see :func:`max_inflated_bytes`).
 
     Raises:
       UnsafePickleError: the pickle references a global outside :data:`ALLOWED_GLOBALS`
@@ -628,7 +718,7 @@ def read_pickle_tree(path: str | os.PathLike) -> Any:
             f"checkpoint {path} is neither a PyTorch zip checkpoint nor safetensors (bad magic "
             f"bytes {head!r}); it may be truncated or not a checkpoint"
         )
-    archive = _TorchZip(path)
+    archive = _TorchZip(path, max_inflation=max_inflation)
     pkl_name = archive.prefix + "data.pkl"
     data = archive.read_bytes(pkl_name)
     cache: dict[str, _Storage] = {}
@@ -637,10 +727,13 @@ def read_pickle_tree(path: str | os.PathLike) -> Any:
     )
 
 
-def read_torch_zip(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_torch_zip(
+    path: str | os.PathLike, *, max_inflation: float | None = None
+) -> dict[str, np.ndarray]:
     """The flat tensor dict of a PyTorch zip checkpoint (see :func:`extract_state_dict`)."""
     path = Path(path)
-    return extract_state_dict(read_pickle_tree(path), name=str(path))
+    tree = read_pickle_tree(path, max_inflation=max_inflation)
+    return extract_state_dict(tree, name=str(path))
 
 
 def extract_state_dict(tree: Any, *, name: str = "checkpoint") -> dict[str, np.ndarray]:
@@ -681,7 +774,9 @@ def extract_state_dict(tree: Any, *, name: str = "checkpoint") -> dict[str, np.n
     return state
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_state_dict(
+    path: str | os.PathLike, *, max_inflation: float | None = None
+) -> dict[str, np.ndarray]:
     """Reads a checkpoint's flat tensor dict: ``.safetensors`` or PyTorch zip ``.bin/.pt/.pth``.
 
     The format is detected from the file's magic bytes (a ``.safetensors`` suffix selects
@@ -689,9 +784,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Args:
       path: the checkpoint file.
+      max_inflation: for zip checkpoints, see :func:`max_inflated_bytes`.
 
     Returns:
-      ``{key: array}``; arrays may be read-only memory-map views.
+      ``{key: array}``; arrays of a zip checkpoint may be read-only memory-map views.
 
     Raises:
       CheckpointFormatError: missing/truncated/unknown file (names it).
@@ -701,7 +797,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     _check_file(path)
     if path.suffix in SAFETENSORS_SUFFIXES or (not _looks_like_zip(path) and _is_safetensors(path)):
         return read_safetensors(path)
-    return read_torch_zip(path)
+    return read_torch_zip(path, max_inflation=max_inflation)
 
 
 def _is_safetensors(path: Path) -> bool:

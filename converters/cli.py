@@ -2,6 +2,9 @@
 
 Exit status: 0 converted (and verified); 1 verification mismatch (OUT is not written); 2 bad
 usage or a conversion error (message on stderr; OUT untouched).
+
+OUT must be absent, empty, or (with ``--overwrite``) an earlier jaxfm model directory; it may not
+be, contain or lie inside SRC. Anything else is refused before the conversion starts.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from converters.base import FAMILIES, load_family, write_model_dir
+from converters.base import FAMILIES, check_output_dir, load_family, write_model_dir
 from converters.errors import ConversionError
 from converters.sources import resolve_source
 from converters.verify import VerifyRow, all_ok, format_table, load_golden
@@ -36,7 +39,18 @@ def build_parser(family_module=None) -> argparse.ArgumentParser:
     )
     parser.add_argument("family", choices=sorted(FAMILIES), help="model family")
     parser.add_argument("src", help="checkpoint file or directory, or a Hugging Face hub id")
-    parser.add_argument("out", type=Path, help="output model directory (written atomically)")
+    parser.add_argument(
+        "out",
+        type=Path,
+        help="output model directory (written atomically); must be absent, empty, or an earlier "
+        "jaxfm model directory with --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it is an earlier jaxfm model directory (other files are never "
+        "replaced)",
+    )
     parser.add_argument(
         "--verify",
         metavar="GOLDEN.npz",
@@ -50,7 +64,7 @@ def build_parser(family_module=None) -> argparse.ArgumentParser:
 
 
 def _family_options(module, args: argparse.Namespace) -> dict:
-    base = {"family", "src", "out", "verify"}
+    base = {"family", "src", "out", "verify", "overwrite"}
     return {k: v for k, v in vars(args).items() if k not in base}
 
 
@@ -79,9 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         src = resolve_source(args.src, filenames=getattr(module, "HUB_FILES", DEFAULT_HUB_FILES))
+        check_output_dir(args.out, src=src, overwrite=args.overwrite)
         golden = load_golden(args.verify) if args.verify is not None else None
         converted = module.convert(src, **_family_options(module, args))
-        del src
         for line in converted.report:
             print(line)
 
@@ -96,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             check=check if golden is not None else None,
             release_params=True,
+            src=src,
+            overwrite=args.overwrite,
         )
     except _VerifyFailed as e:
         print(format_table(e.rows))
@@ -106,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except (ConversionError, ValueError, FileNotFoundError) as e:
+    except (ConversionError, ValueError, OSError) as e:  # OSError: e.g. a full disk
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")

@@ -37,6 +37,7 @@ __all__ = [
     "layer_norm_rules",
     "linear_rules",
     "linear_to_heads",
+    "require_tensors",
     "reshape",
     "split_fused_qkv",
     "squeeze",
@@ -361,6 +362,49 @@ def strict_merge(expected: Mapping[str, Any], converted: Mapping[str, np.ndarray
             node = node.setdefault(p, {})
         node[leaf] = value
     return nested
+
+
+def require_tensors(
+    state: Mapping[str, Any],
+    required: Mapping[str, int],
+    optional: Mapping[str, int] | None = None,
+    *,
+    what: str,
+) -> None:
+    """Checks the tensors a converter reads to infer its config, all at once.
+
+    Args:
+      state: checkpoint tensors by key.
+      required: ``{key: ndim}`` that must be present with that rank.
+      optional: ``{key: ndim}`` checked only when present.
+      what: the checkpoint, for the message (e.g. ``"ViT checkpoint model.safetensors"``).
+
+    Raises:
+      KeyMismatchError: listing every missing key and every present key of the wrong rank
+        (with its shape), so one run shows all the problems.
+    """
+    missing = [k for k in required if k not in state]
+    wanted = {**(optional or {}), **required}
+    mismatched = [
+        (k, tuple(np.shape(state[k])), n)
+        for k, n in wanted.items()
+        if k in state and np.ndim(state[k]) != n
+    ]
+    if not missing and not mismatched:
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing ({len(missing)}): {_listing(missing)}")
+    if mismatched:
+        parts.append(
+            f"wrong rank ({len(mismatched)}): "
+            + _listing([f"{k}: shape {g}, expected a {n}-D tensor" for k, g, n in mismatched])
+        )
+    raise KeyMismatchError(
+        f"{what}: the tensors that define the model are not as expected; " + "; ".join(parts),
+        missing=missing,
+        mismatched=[(k, g, (-1,) * n) for k, g, n in mismatched],
+    )
 
 
 def _listing(names: Sequence[str]) -> str:

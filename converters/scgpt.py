@@ -33,6 +33,7 @@ from converters.mapping import (
     layer_norm_rules,
     linear_rules,
     linear_to_heads,
+    require_tensors,
     split_fused_qkv,
     strict_merge,
     transpose,
@@ -233,6 +234,12 @@ def infer_config(
             )
     if args.get("pre_norm", False):
         _fail("scGPT args.json: pre_norm=true (flash pre-norm layers) is not supported")
+    optional = {
+        "value_encoder.embedding.weight": 2,
+        "cls_decoder.out_layer.weight": 2,
+        "transformer_encoder.layers.0.linear1.weight": 2,
+    }
+    require_tensors(state, {"encoder.embedding.weight": 2}, optional, what="scGPT checkpoint")
     ntoken, d_model = state["encoder.embedding.weight"].shape
     nhead = args.get("nheads", args.get("nhead"))
     if not isinstance(nhead, int):
@@ -240,6 +247,9 @@ def infer_config(
     nlayers = _layer_count(keys, r"transformer_encoder\.layers\.(\d+)\.linear1\.weight")
     if nlayers == 0:
         _fail("scGPT checkpoint: no 'transformer_encoder.layers.N.linear1.weight' keys")
+    require_tensors(
+        state, {"transformer_encoder.layers.0.linear1.weight": 2}, what="scGPT checkpoint"
+    )
     d_hid = state["transformer_encoder.layers.0.linear1.weight"].shape[0]
     if "value_encoder.linear1.weight" in keys:
         style, n_bins = "continuous", None

@@ -41,6 +41,7 @@ from converters.mapping import (
     layer_norm_rules,
     linear_rules,
     linear_to_heads,
+    require_tensors,
     split_fused_qkv,
     strict_merge,
 )
@@ -183,6 +184,19 @@ def infer_config(state: Mapping[str, np.ndarray], layout: str, cfg: Mapping[str,
     strip = lambda k: re.sub(r"^vit\.", "", k)
     s = {strip(k): v for k, v in state.items()} if layout == "hf" else dict(state)
     if layout == "hf":
+        require_tensors(
+            s,
+            {
+                "embeddings.patch_embeddings.projection.weight": 4,
+                "encoder.layer.0.intermediate.dense.weight": 2,
+            },
+            {
+                "embeddings.position_embeddings": 3,
+                "pooler.dense.weight": 2,
+                "classifier.weight": 2,
+            },
+            what="ViT (HF) checkpoint",
+        )
         patch_w = s["embeddings.patch_embeddings.projection.weight"]
         pos = s.get("embeddings.position_embeddings")
         depth = _layers(s, r"encoder\.layer\.(\d+)\.attention\.attention\.query\.weight")
@@ -207,6 +221,12 @@ def infer_config(state: Mapping[str, np.ndarray], layout: str, cfg: Mapping[str,
             if what and any(re.fullmatch(pattern, k) for k in keys):
                 _fail(f"timm ViT checkpoint uses {what}, which this port does not support")
         args = dict(cfg.get("model_args", {}))
+        require_tensors(
+            s,
+            {"patch_embed.proj.weight": 4, "blocks.0.mlp.fc1.weight": 2},
+            {"pos_embed": 3, "head.weight": 2},
+            what="ViT (timm) checkpoint",
+        )
         patch_w = s["patch_embed.proj.weight"]
         pos = s.get("pos_embed")
         depth = _layers(s, _TIMM_LAYER + r"attn\.qkv\.weight")
@@ -358,6 +378,27 @@ def _read_json(path: Path) -> dict:
     return value
 
 
+def _shard_files(src: Path, index: Path, weight_map) -> list[Path]:
+    """The shard files a sharded index names, each confined to the directory ``src``."""
+    if not isinstance(weight_map, dict) or not weight_map:
+        _fail(f"{index} has no weight_map (a JSON object of tensor name -> shard file)")
+    if not all(isinstance(v, str) for v in weight_map.values()):
+        _fail(f"{index}: weight_map values must be shard file names")
+    root = src.resolve()
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        path = (src / name).resolve()
+        if Path(name).is_absolute() or root not in path.parents:
+            _fail(
+                f"{index}: weight_map names the shard {name!r}, which is outside {src}; shards "
+                "must be files inside the model directory"
+            )
+        if not path.is_file():
+            _fail(f"{index}: the shard {name!r} does not exist in {src}")
+        shards.append(path)
+    return shards
+
+
 def _read_checkpoint(src: Path) -> tuple[dict[str, np.ndarray], Path, Path | None]:
     """``(state, checkpoint path, config.json or None)`` for a file or model directory."""
     if src.is_file():
@@ -372,12 +413,12 @@ def _read_checkpoint(src: Path) -> tuple[dict[str, np.ndarray], Path, Path | Non
     for name in INDEX_FILES:
         if (src / name).is_file():
             index = _read_json(src / name)
-            shards = sorted(set(index.get("weight_map", {}).values()))
-            if not shards:
-                _fail(f"{src / name} has no weight_map")
             state: dict[str, np.ndarray] = {}
-            for shard in shards:
-                state.update(read_state_dict(src / shard))
+            for shard in _shard_files(src, src / name, index.get("weight_map")):
+                part = read_state_dict(shard)
+                if twice := sorted(set(part) & set(state))[:5]:
+                    _fail(f"{src / name}: shard {shard.name} repeats tensors {twice}")
+                state.update(part)
             return state, src / name, cfg
     others = sorted(p for ext in ("*.safetensors", "*.bin", "*.pt", "*.pth") for p in src.glob(ext))
     if len(others) == 1:  # e.g. an scGPT best_model.pt: read it to name its family

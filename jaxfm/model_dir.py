@@ -6,14 +6,19 @@ crash never leaves a half-written model directory (an existing one is replaced o
 A directory may also carry extra files (e.g. a tokenizer vocabulary) written in the same atomic
 step (``save_model_dir(..., extra_files=...)``, read back with :func:`load_extra_file`).
 
-The parameter file is written tensor by tensor (no second in-memory copy of the whole tree),
-in the standard safetensors layout that ``safetensors.numpy.load_file`` reads.
+The parameter file is written and read with the safetensors library (``save_file`` writes
+contiguous arrays without copying them; ``safe_open`` reads one tensor at a time and validates
+the header: no overlapping or out-of-order tensors, integer shapes). Its ``__metadata__`` holds
+``format`` (``jaxfm``), ``jaxfm_version`` and, when the config names one, ``family``.
+
+Outputs honour the umask like any file the user writes (``mkdtemp`` / ``mkstemp`` would leave
+them 0700 / 0600, unreadable to collaborators on a shared file system). A failed write (a full
+disk, say) raises :class:`OutputWriteError` naming the output and leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -21,12 +26,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 __all__ = [
     "CONFIG_FILE",
     "PARAMS_FILE",
+    "OutputWriteError",
+    "check_output_file",
     "flatten_params",
     "list_extra_files",
     "load_extra_file",
@@ -34,6 +40,7 @@ __all__ = [
     "save_model_dir",
     "unflatten_params",
     "write_json_atomic",
+    "write_npy_atomic",
 ]
 
 PARAMS_FILE = "params.safetensors"
@@ -66,51 +73,100 @@ def unflatten_params(flat: dict[str, Any]) -> dict:
     return tree
 
 
-_SAFETENSORS_DTYPES = {
-    np.dtype("float64"): "F64",
-    np.dtype("float32"): "F32",
-    np.dtype("float16"): "F16",
-    np.dtype(ml_dtypes.bfloat16): "BF16",
-    np.dtype("int64"): "I64",
-    np.dtype("int32"): "I32",
-    np.dtype("int16"): "I16",
-    np.dtype("int8"): "I8",
-    np.dtype("uint64"): "U64",
-    np.dtype("uint32"): "U32",
-    np.dtype("uint16"): "U16",
-    np.dtype("uint8"): "U8",
-    np.dtype(bool): "BOOL",
-}
+class OutputWriteError(OSError, ValueError):
+    """An output could not be written (disk full, no permission, ...); nothing partial is left.
+
+    An ``OSError`` (keeps ``errno``) that is also a ``ValueError``, so command-line front ends
+    report it as a usage-level error (exit status 2) rather than a traceback.
+    """
 
 
-def _write_safetensors(path: Path, flat: dict[str, Any]) -> None:
-    """Writes ``flat`` as safetensors, one tensor at a time (bounded extra memory)."""
-    header: dict[str, Any] = {}
-    offset = 0
-    arrays = {}
+def _umask() -> int:
+    """The process umask, read without changing it where ``/proc`` allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # not thread-safe, hence the /proc path above
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(path: Path) -> None:
+    """Gives ``path`` (a file, or a directory tree) the mode a plain ``open`` / ``mkdir`` would."""
+    mask = _umask()
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~mask)
+        for root, dirs, files in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o777 & ~mask)
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o666 & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+
+
+def _write_failed(path: Path, error: OSError) -> OutputWriteError:
+    reason = error.strerror or str(error)
+    return OutputWriteError(error.errno, f"could not write {path}: {reason}")
+
+
+def check_output_file(path: str | os.PathLike, *, what: str = "--out") -> Path:
+    """Checks, before any work is done, that ``path`` can be written as a file.
+
+    Raises:
+      ValueError: ``path`` is an existing directory, or its parent is an existing file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file name inside it instead")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{what} {path}: {parent} is a file, not a directory")
+    return path
+
+
+def _safetensors_metadata(config: Mapping) -> dict[str, str]:
+    from jaxfm import __version__
+
+    meta = {"format": "jaxfm", "jaxfm_version": str(__version__)}
+    if isinstance(config.get("family"), str):
+        meta["family"] = config["family"]
+    return meta
+
+
+_SAFETENSORS_DTYPE_NAMES = frozenset(
+    "float64 float32 float16 bfloat16 int64 int32 int16 int8 uint64 uint32 uint16 uint8 bool "
+    "complex64".split()
+)
+
+
+def _write_safetensors(path: Path, flat: dict[str, Any], metadata: dict[str, str]) -> None:
+    """Writes ``flat`` with ``safetensors.numpy.save_file``.
+
+    The library writes each array's buffer as is, so every array must be C-contiguous: a
+    strided view would be written as the wrong bytes. Contiguous arrays are not copied.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import save_file
+
+    tensors = {}
     for name in sorted(flat):
         arr = np.asarray(flat[name])
-        dtype = _SAFETENSORS_DTYPES.get(arr.dtype.newbyteorder("="))
-        if dtype is None:
+        if not arr.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
+            arr = arr.copy(order="C")
+        if arr.dtype.newbyteorder("=").name not in _SAFETENSORS_DTYPE_NAMES:
             raise ValueError(
                 f"save_model_dir: parameter {name!r} has unsupported dtype {arr.dtype}"
             )
-        nbytes = math.prod(arr.shape) * arr.dtype.itemsize
-        header[name] = {
-            "dtype": dtype,
-            "shape": list(arr.shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        arrays[name] = arr
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for arr in arrays.values():
-            arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))  # per-tensor copy
-            f.write(arr.reshape(-1).view(np.uint8).data)
+        tensors[name] = arr
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as e:
+        raise ValueError(f"save_model_dir: cannot write the parameters ({e})") from e
 
 
 def _check_extra_name(name: str) -> None:
@@ -150,11 +206,15 @@ def save_model_dir(
     extra_files = dict(extra_files or {})
     for name in extra_files:
         _check_extra_name(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    config_text = json.dumps(config, indent=2, sort_keys=True)
+    flat = flatten_params(params)
     try:
-        config_text = json.dumps(config, indent=2, sort_keys=True)
-        _write_safetensors(tmp / PARAMS_FILE, flatten_params(params))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as e:
+        raise _write_failed(path, e) from e
+    try:
+        _write_safetensors(tmp / PARAMS_FILE, flat, _safetensors_metadata(config))
         (tmp / CONFIG_FILE).write_text(config_text)
         for name, content in extra_files.items():
             target = tmp / name
@@ -168,6 +228,7 @@ def save_model_dir(
                     f"save_model_dir: extra file {name!r} must be str or bytes, "
                     f"got {type(content).__name__}"
                 )
+        _honour_umask(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)
@@ -175,6 +236,9 @@ def save_model_dir(
             shutil.rmtree(old)
         else:
             tmp.rename(path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_failed(path, e) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -182,13 +246,44 @@ def save_model_dir(
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Writes JSON to ``path`` via a temporary file + rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    """Writes JSON to ``path`` via a temporary file + rename (never a half-written file).
+
+    Raises:
+      ValueError: ``path`` is a directory; TypeError: ``obj`` is not JSON-able;
+      OutputWriteError: the write failed (disk full, ...); no temporary file is left.
+    """
+    path = check_output_file(path, what="output")
+    text = json.dumps(obj, indent=2)  # TypeError before anything is created
+    _write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Writes ``array`` to ``path`` (``.npy``, no pickles) atomically, honouring the umask.
+
+    Raises:
+      ValueError: ``path`` is a directory; OutputWriteError: the write failed (no file left).
+    """
+    path = check_output_file(path, what="output")
+    array = np.asarray(array)
+    _write_atomic(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def _write_atomic(path: Path, write) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_failed(path, e) from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        _honour_umask(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _write_failed(path, e) from e
+        raise
 
 
 def load_model_dir(path: str | os.PathLike, *, as_jax: bool = False) -> tuple[dict, dict]:
@@ -221,31 +316,16 @@ def load_model_dir(path: str | os.PathLike, *, as_jax: bool = False) -> tuple[di
 
 
 def _read_safetensors(file: Path):
-    """Yields ``(name, array)`` reading each tensor with ``readinto`` (no mmap, no full-file
-    buffer: resident memory grows by exactly the tensors kept)."""
-    dtypes = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
-    size = file.stat().st_size
-    with open(file, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError("truncated header")
-        n = int.from_bytes(head, "little")
-        if 8 + n > size:
-            raise ValueError(f"header of {n} bytes exceeds the file ({size} bytes)")
-        header = json.loads(f.read(n))
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = dtypes[info["dtype"]]
-            shape = tuple(info["shape"])
-            begin, end = info["data_offsets"]
-            if end - begin != math.prod(shape) * dtype.itemsize or 8 + n + end > size:
-                raise ValueError(f"tensor {name!r} is truncated or inconsistent")
-            array = np.empty(shape, dtype)
-            f.seek(8 + n + begin)
-            if array.size and f.readinto(array.reshape(-1).view(np.uint8)) != end - begin:
-                raise ValueError(f"tensor {name!r} is truncated")
-            yield name, array
+    """Yields ``(name, array)`` one tensor at a time with ``safe_open`` (which validates the
+    header: in-file, non-overlapping, in-order offsets and integer shapes)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, framework="numpy", backend="pread") as f:
+            for name in f.offset_keys():
+                yield name, f.get_tensor(name)
+    except SafetensorError as e:
+        raise ValueError(str(e)) from e
 
 
 def _device_put(array: np.ndarray):

@@ -40,6 +40,7 @@ from jaxfm.data.graph_validate import (
     masks_to_splits,
     validate_node_dataset,
 )
+from jaxfm.data.labels import UNLABELLED, class_labels
 from jaxfm.data.splits import split_nodes
 from jaxfm.data.structural import structural_features
 
@@ -80,13 +81,17 @@ def simple_edges(
     return (key // num_nodes).astype(np.int32), (key % num_nodes).astype(np.int32)
 
 
-def encode_labels(values, where: str, num_classes: int | None = None) -> tuple[np.ndarray, int]:
+def encode_labels(
+    values, where: str, num_classes: int | None = None, *, categorical: bool = False
+) -> tuple[np.ndarray, int]:
     """Class ids ``int32 [N]`` and ``C`` from integer, bool or string labels.
 
-    With a declared ``num_classes`` (e.g. from a file's ``class_names``) the labels are kept and
-    must lie in ``[-1, num_classes)`` (-1 = unlabelled). Otherwise integer labels ``0..C-1``
-    with every class present are kept and anything else is renumbered in sorted order of the
-    distinct values.
+    Negative numbers mean unlabelled (-1; see :mod:`jaxfm.data.labels`): never a class. With a
+    declared ``num_classes`` (e.g. from a file's ``class_names``) the labels are kept and must
+    be ``< num_classes``. Otherwise integer labels ``0..C-1`` with every class present are kept
+    and anything else is renumbered in sorted order of the distinct labelled values.
+    ``categorical=True`` is for formats whose values are category codes in which a negative
+    value is a category (TU graph labels are -1 / 1): every distinct value is then a class.
 
     Raises:
       DatasetFormatError: no labels, non-integer numeric labels, labels out of range.
@@ -94,21 +99,22 @@ def encode_labels(values, where: str, num_classes: int | None = None) -> tuple[n
     v = np.asarray(values).ravel()
     if v.size == 0:
         raise DatasetFormatError(f"{where}: no labels")
-    if v.dtype.kind == "f":
+    if not categorical and (v.dtype.kind in "biuf" or num_classes is not None):
+        y, c = class_labels(v, where, num_classes)
+        if num_classes is not None:
+            return y, c
+        labelled = y >= 0
+        uniq, inv = np.unique(y[labelled], return_inverse=True)
+        if uniq[0] == 0 and uniq[-1] == uniq.size - 1:
+            return y, int(uniq.size)
+        out = np.full(y.shape, UNLABELLED, np.int32)
+        out[labelled] = inv.ravel()
+        return out, int(uniq.size)
+    if categorical and v.dtype.kind == "f":
         if not np.isfinite(v).all() or not np.array_equal(v, np.round(v)):
             raise DatasetFormatError(f"{where}: class labels must be integers")
-        v = v.astype(np.int64)
-    if num_classes is not None:
-        if v.dtype.kind not in "iu":
-            raise DatasetFormatError(f"{where}: class labels must be integers, got {v.dtype}")
-        if v.min() < -1 or v.max() >= num_classes:
-            raise DatasetFormatError(
-                f"{where}: labels out of range: found [{int(v.min())}, {int(v.max())}] for "
-                f"{num_classes} declared classes"
-            )
-        return v.astype(np.int32), int(num_classes)
     uniq, inv = np.unique(v, return_inverse=True)
-    if v.dtype.kind in "iu" and uniq[0] == 0 and uniq[-1] == uniq.size - 1:
+    if categorical and v.dtype.kind in "iu" and uniq[0] == 0 and uniq[-1] == uniq.size - 1:
         return v.astype(np.int32), int(uniq.size)
     return inv.astype(np.int32).ravel(), int(uniq.size)
 
@@ -171,6 +177,8 @@ def finish_node_dataset(
     y = np.asarray(y, np.float32 if task == "regression" else np.int32)
     if not splits and num_random_splits:
         splits = random_splits(y, task, num_random_splits, seed)
+    elif task == "classification":  # unlabelled nodes never enter a loss or metric
+        splits = tuple(_labelled_only(split, y >= 0) for split in splits)
     ds = NodeDataset(
         name=name,
         senders=s,
@@ -185,6 +193,14 @@ def finish_node_dataset(
         source=source,
     )
     return validate_node_dataset(ds)
+
+
+def _labelled_only(split: Split, labelled: np.ndarray) -> Split:
+    """``split`` without unlabelled nodes (masks of another shape are left to the validator)."""
+    parts = [np.asarray(getattr(split, p)) for p in ("train", "val", "test")]
+    if any(m.shape != labelled.shape or m.dtype != np.bool_ for m in parts):
+        return split
+    return Split(*(m & labelled for m in parts))
 
 
 def _need(arrays: dict, key: str, path: PathLike) -> np.ndarray:

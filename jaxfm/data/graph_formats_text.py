@@ -460,7 +460,7 @@ def read_tu(
         nl = _table(f["node_labels"], 1)[:, 0]
         if nl.size != n:
             raise DatasetFormatError(f"{f['node_labels']}: {nl.size} rows for {n} nodes")
-        codes, k = encode_labels(nl, str(f["node_labels"]))
+        codes, k = encode_labels(nl, str(f["node_labels"]), categorical=True)
         blocks.append(np.eye(k, dtype=np.float32)[codes])
     if f["node_attributes"].is_file():
         first = _text(f["node_attributes"]).split("\n", 1)[0]
@@ -479,7 +479,7 @@ def read_tu(
         gs, gr = s[cuts[g] : cuts[g + 1]] - lo, r[cuts[g] : cuts[g + 1]] - lo
         x = x_all[lo:hi] if x_all is not None else structural_features(gs, gr, int(hi - lo))
         graphs.append(SmallGraph(senders=gs, receivers=gr, num_nodes=int(hi - lo), x=x))
-    y, c = encode_labels(glabels, str(f["graph_labels"]))
+    y, c = encode_labels(glabels, str(f["graph_labels"]), categorical=True)
     out = GraphClassificationDataset(
         name=name or ds, graphs=tuple(graphs), y=y, num_classes=c,
         folds=stratified_folds(y, NUM_FOLDS, seed), source=str(folder),

@@ -31,10 +31,13 @@ def split_nodes(
         n: number of nodes.
         fractions: three non-negative fractions summing to 1.
         seed: the split is a pure function of ``(n, fractions, seed, stratify)``.
-        stratify: ``[n]`` labels; if given, every class is split with the same fractions.
+        stratify: ``[n]`` class labels; if given, every class is split with the same fractions
+            and unlabelled items (negative labels, see :mod:`jaxfm.data.labels`) are in no
+            split, so they never enter a loss or a metric.
 
     Returns:
-        ``(train, val, test)`` sorted int64 index arrays, disjoint and covering ``range(n)``.
+        ``(train, val, test)`` sorted int64 index arrays, disjoint and covering ``range(n)``
+        (its labelled items with ``stratify``).
 
     Raises:
         ValueError: bad fractions or ``stratify`` of the wrong length.
@@ -49,7 +52,10 @@ def split_nodes(
         stratify = np.asarray(stratify)
         if stratify.shape != (n,):
             raise ValueError(f"stratify must have shape [{n}], got {stratify.shape}")
-        groups = [np.flatnonzero(stratify == c) for c in np.unique(stratify)]
+        classes = np.unique(stratify[stratify >= 0]) if stratify.dtype.kind in "iuf" else None
+        if classes is None:
+            classes = np.unique(stratify)
+        groups = [np.flatnonzero(stratify == c) for c in classes]
     parts: list[list[np.ndarray]] = [[], [], []]
     for members in groups:
         perm = rng.permutation(members)

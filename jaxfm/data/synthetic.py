@@ -140,7 +140,7 @@ class GeoImageDataset:
     Shapes:
         images: ``[N, H, W, C]`` float32 (channels last, as Flax convolutions expect).
         coords: ``[N, 2]`` float32 (latitude, longitude) in degrees.
-        labels: ``[N]`` int32 in ``[0, len(class_names))``.
+        labels: ``[N]`` int32 in ``[0, len(class_names))``; -1: unlabelled (in no split).
         adjacency: ``[N, N]`` CSR, ``adjacency[i, j] != 0`` iff j -> i (kNN by great-circle
             distance).
     """

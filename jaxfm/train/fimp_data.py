@@ -241,16 +241,31 @@ def _spatial(task: str, data: str, opts: DataOptions, gene_vocab=None) -> FIMPDa
 
 
 def _load_image_npz(path: str) -> GeoImageDataset:
-    with np.load(path, allow_pickle=False) as f:
-        missing = {"images", "latlon", "labels"} - set(f.files)
-        if missing:
-            raise ValueError(
-                f"{path}: image networks need arrays images [N,H,W,C], latlon [N,2], labels [N]; "
-                f"missing {sorted(missing)}"
-            )
-        images, latlon, labels = f["images"], f["latlon"], f["labels"]
+    from jaxfm.data.graph_formats_io import read_plain_npz
+    from jaxfm.data.labels import class_labels
+
+    f = read_plain_npz(path)  # a clear error for a non-.npz file (not numpy's pickle advice)
+    missing = {"images", "latlon", "labels"} - set(f)
+    if missing:
+        raise ValueError(
+            f"{path}: image networks need arrays images [N,H,W,C], latlon [N,2], labels [N]; "
+            f"missing {sorted(missing)}"
+        )
+    images, latlon = f["images"], f["latlon"]
+    declared = f["class_names"].size if "class_names" in f else None
+    labels, num_classes = class_labels(f["labels"], path, declared)  # negative: unlabelled
     n = labels.shape[0]
-    names = tuple(str(i) for i in range(int(labels.max()) + 1))
+    if images.ndim != 4 or images.shape[0] != n or latlon.shape != (n, 2):
+        raise ValueError(
+            f"{path}: images {images.shape} and latlon {latlon.shape} must be [N,H,W,C] and "
+            f"[N,2] for N={n} labels"
+        )
+    if not np.isfinite(latlon).all():
+        raise ValueError(f"{path}: latlon contains {int((~np.isfinite(latlon)).sum())} NaN/inf")
+    if declared is not None:
+        names = tuple(str(x) for x in f["class_names"].ravel())
+    else:
+        names = tuple(str(i) for i in range(num_classes))
     return GeoImageDataset(
         images=images.astype(np.float32),
         coords=latlon.astype(np.float32),
@@ -315,14 +330,21 @@ def _fmri(data: str, opts: DataOptions) -> FIMPData:
         )
         name = "synthetic_fmri_a424"
     else:
-        with np.load(data, allow_pickle=False) as f:
-            if "signals" not in f.files or "coords" not in f.files:
-                raise ValueError(
-                    f"{data}: fMRI data needs arrays signals [R, V, T] and coords [V, 3]"
-                )
-            signals, coords = f["signals"].astype(np.float32), f["coords"].astype(np.float32)
+        from jaxfm.data.graph_formats_io import read_plain_npz
+
+        f = read_plain_npz(data)  # a clear error for a non-.npz file
+        if "signals" not in f or "coords" not in f:
+            raise ValueError(f"{data}: fMRI data needs arrays signals [R, V, T] and coords [V, 3]")
+        signals, coords = f["signals"].astype(np.float32), f["coords"].astype(np.float32)
         name = Path(data).stem
+        if signals.ndim != 3:
+            raise ValueError(f"{data}: signals must be [R, V, T], got shape {signals.shape}")
     r, v, t = signals.shape
+    if r < 3:  # one recording each for train, validation and test
+        raise ValueError(
+            f"{name if data == SYNTHETIC else data}: fMRI data needs at least 3 recordings "
+            f"(one each for train, validation and test), got {r}"
+        )
     p = opts.fmri_patch_size
     if coords.shape != (v, 3):
         raise ValueError(f"{name}: coords must be [{v}, 3] to match signals {signals.shape}")

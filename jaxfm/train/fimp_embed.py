@@ -14,7 +14,6 @@ regions) at a time.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +68,8 @@ def embed_zero_shot(
     """
     if model not in ZERO_SHOT_MODELS:
         raise ValueError(f"--model must be one of {sorted(ZERO_SHOT_MODELS)}, got {model!r}")
+    if out is not None:  # refuse a bad --out before the whole computation, not after it
+        _check_out(out)
     t0 = time.perf_counter()
     family, task = ZERO_SHOT_MODELS[model]
     source = load_pretrained_source(family, checkpoint)
@@ -116,16 +117,20 @@ def embed_zero_shot(
     return {"embeddings": embeddings, "summary": summary}
 
 
-def _save(out: str, embeddings: np.ndarray, summary: dict) -> None:
-    path = Path(out)
+def _check_out(out: str) -> Path:
+    from jaxfm.model_dir import check_output_file
+
+    path = check_output_file(out, what="--out")
     if path.suffix != ".npy":
         raise ValueError(f"--out {out}: expected a .npy file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, embeddings.astype(np.float32), allow_pickle=False)
-    tmp.replace(path)
-    meta = path.with_suffix(".json")
-    tmp = meta.with_name(meta.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(meta)
+    check_output_file(path.with_suffix(".json"), what="--out's summary")
+    return path
+
+
+def _save(out: str, embeddings: np.ndarray, summary: dict) -> None:
+    """Writes the embeddings and the summary atomically (umask honoured, no temp file left)."""
+    from jaxfm.model_dir import write_json_atomic, write_npy_atomic
+
+    path = _check_out(out)
+    write_npy_atomic(path, embeddings.astype(np.float32))
+    write_json_atomic(path.with_suffix(".json"), summary)

@@ -18,8 +18,6 @@ import json
 import os
 import re
 import sys
-import tempfile
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -388,7 +386,9 @@ def embed_graph(checkpoint: str, dataset: str, out: str, *, chunk: int = 512) ->
     a freshly initialised one (seed 0), as at the start of MFT. Written atomically.
     """
     from jaxfm.data.registry import load_dataset
+    from jaxfm.model_dir import check_output_file, write_npy_atomic
 
+    out_path = check_output_file(out, what="--out")  # before the computation, not after it
     base_cfg, pretrained = load_pretrained_graphfm(checkpoint)
     ds = load_dataset(dataset)
     if not isinstance(ds, NodeDataset):
@@ -414,10 +414,5 @@ def embed_graph(checkpoint: str, dataset: str, out: str, *, chunk: int = 512) ->
             fresh = jax.jit(lambda k, b: model.init(k, b)["params"])(jax.random.key(0), batch)
             params, _ = transplant_pretrained(fresh, pretrained, checkpoint)
         emb[ids] = np.asarray(embed(params, batch))[np.asarray(batch.target_mask)]
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".npy", dir=out_path.parent)
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, emb)
-    os.replace(tmp, out_path)
+    write_npy_atomic(out_path, emb)  # atomic, umask honoured, no temp file left on failure
     return {"dataset": ds.name, "embeddings": str(out_path), "shape": list(emb.shape)}

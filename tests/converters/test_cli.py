@@ -11,6 +11,7 @@ from converters.cli import main
 from converters.errors import ConversionError
 from converters.sources import is_hub_id, resolve_source
 from jaxfm.foundation import load_pretrained
+from jaxfm.model_dir import save_model_dir
 
 HF, TIMM = "vit_hf_small", "vit_timm_small"
 
@@ -26,8 +27,7 @@ def _snapshot(root):
 def old_out(tmp_path):
     """An existing OUT from an earlier conversion; must survive failed conversions intact."""
     out = tmp_path / "work" / "out"
-    out.mkdir(parents=True)
-    (out / "config.json").write_text('{"family": "vit", "old": true}')
+    save_model_dir(out, {"w": np.zeros(2, np.float32)}, {"family": "vit", "old": True})
     (out / "marker.txt").write_text("previous model")
     return out
 
@@ -59,7 +59,8 @@ def test_verify_mismatch_exits_nonzero_and_keeps_out(tmp_path, fixtures_dir, cap
     golden["pooler_output"] = golden["pooler_output"] + 1e-3
     np.savez(tmp_path / "bad_golden.npz", **golden)
     before = _snapshot(old_out.parent)
-    rc = main(["vit", str(src), str(old_out), "--verify", str(tmp_path / "bad_golden.npz")])
+    bad = str(tmp_path / "bad_golden.npz")
+    rc = main(["vit", str(src), str(old_out), "--verify", bad, "--overwrite"])
     captured = capsys.readouterr()
     assert rc == 1
     assert "| pooler_output |" in captured.out and "MISMATCH" in captured.out
@@ -88,7 +89,7 @@ def test_malicious_pickle(tmp_path, fixtures_dir, capsys, old_out, existing):
     _evil_checkpoint(src / "pytorch_model.bin", sentinel)
     out = old_out if existing else old_out.parent / "new_out"
     before = _snapshot(old_out.parent)
-    rc = main(["convert", "vit", str(src), str(out)])
+    rc = main(["convert", "vit", str(src), str(out), "--overwrite"])
     err = capsys.readouterr().err
     assert rc == 2
     assert "system" in err and "pytorch_model.bin" in err and "refusing" in err
@@ -118,7 +119,7 @@ def test_errors_leave_out_untouched(tmp_path, fixtures_dir, shared_dir, capsys, 
                 for n, data in members.items():
                     z.writestr(n, data)
     before = _snapshot(old_out.parent)
-    rc = main(["convert", "vit", str(src), str(old_out)])
+    rc = main(["convert", "vit", str(src), str(old_out), "--overwrite"])
     err = capsys.readouterr().err
     assert rc == 2, err
     expected = {

@@ -1,0 +1,314 @@
+"""A restricted unpickler: an allow-list of globals, guarded constructors, no mutation of globals.
+
+Unpickling is a small stack machine that can call any global a file names and set attributes
+on any object it can reach. An allow-list of globals (``find_class``) stops the calls, but not
+the attribute writes: the BUILD opcode runs ``setattr`` on whatever is on the stack - an
+allow-listed *class* included - and SETITEMS / APPENDS mutate any container. A hostile file
+could thus change ``scipy.sparse.csr_matrix.tocoo`` or a storage class's ``dtype`` for the
+rest of the process without running any code of its own. Allow-listed constructors are also
+memory bombs (``bytearray(2**30)``, ``numpy._reconstruct`` of a huge shape).
+
+:class:`RestrictedUnpickler` (used by the dataset readers and the checkpoint converters) runs
+the pure-Python unpickler with these rules:
+
+1. a global resolves only through the caller's table ``{(module, name): object}``;
+2. a global is called (REDUCE, NEWOBJ, OBJ, INST) only through the *guard* the table gives for
+   it, which checks the arguments before anything is allocated (sizes against ``budget``);
+3. BUILD, SETITEM(S), APPEND(S) and ADDITEMS apply only to objects this pickle created itself
+   (never a global, a persistent object or anything returned unchanged from a call), of the
+   caller's ``build_types`` / plain container types, and never set a dunder attribute;
+4. extension-registry opcodes (EXT1/2/4) are refused.
+
+Every refusal raises :class:`PickleRefused` (the callers re-raise it naming their file).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import pickle
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = ["DEFAULT_BUDGET", "PickleRefused", "RestrictedUnpickler", "check_nbytes", "guard_call"]
+
+#: Default cap (bytes) on any single allocation a pickled constructor may ask for.
+DEFAULT_BUDGET = 64 * 2**20
+
+_CONTAINER_TYPES = (dict, list, set, collections.OrderedDict, collections.defaultdict)
+
+
+class PickleRefused(pickle.UnpicklingError):
+    """The pickle asks for something the restricted unpickler does not allow (message says what)."""
+
+
+def check_nbytes(nbytes: int, budget: int, what: str) -> None:
+    """Raises :class:`PickleRefused` if an allocation of ``nbytes`` exceeds ``budget``."""
+    if nbytes > budget:
+        raise PickleRefused(
+            f"{what} would allocate {nbytes} bytes, more than the limit of {budget} bytes for a "
+            "pickled object"
+        )
+
+
+_SIZED_BY_INT = ("bytes", "bytearray")  # bytes(n) / bytearray(n) allocate n zero bytes
+
+
+def arg_nbytes(value: Any, label: str = "") -> int:
+    """Bytes a builtin constructor named ``label`` may allocate from one argument: an int is a
+    size for ``bytes`` / ``bytearray``; a sequence becomes one pointer (8 bytes) per item."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0) if label in _SIZED_BY_INT else 0
+    if isinstance(value, range | str | bytes | bytearray | list | tuple | dict | set | frozenset):
+        return len(value) * 8
+    return 0
+
+
+def guard_call(func: Callable, budget: int, *, name: str | None = None) -> Callable:
+    """A guard calling ``func`` after refusing arguments that would allocate beyond ``budget``.
+
+    For builtins whose arguments are sizes or lazy sequences (``bytearray(n)``, ``bytes(n)``,
+    ``list(range(n))``); ``str()`` only converts strings, bytes and numbers (the repr of a
+    container of many references to one large object could be huge).
+    """
+    label = name or getattr(func, "__name__", repr(func))
+
+    def _guarded(*args, **kwargs):
+        for value in (*args, *kwargs.values()):
+            check_nbytes(arg_nbytes(value, label), budget, f"{label}(...)")
+        if label == "str" and args and not isinstance(args[0], str | bytes | int | float):
+            raise PickleRefused(f"str() of a {type(args[0]).__name__} is not allowed")
+        return func(*args, **kwargs)
+
+    return _guarded
+
+
+def dtype_guard(budget: int) -> Callable:
+    """``numpy.dtype`` that always returns a fresh descriptor (never a shared singleton that a
+    later BUILD could modify) and refuses item sizes beyond ``budget``."""
+
+    def _dtype(spec, align=False, copy=False):
+        if not isinstance(spec, str | np.dtype):
+            raise PickleRefused(f"numpy.dtype({type(spec).__name__}) is not allowed")
+        dt = np.dtype(spec, align=bool(align), copy=True)
+        check_nbytes(dt.itemsize, budget, f"numpy.dtype({spec!r})")
+        return dt
+
+    return _dtype
+
+
+def array_nbytes(shape: Any, dtype: Any, what: str) -> int:
+    """Bytes of an array of ``shape`` x ``dtype`` (refusing non-integer or negative sizes)."""
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, tuple | list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
+        raise PickleRefused(f"{what}: shape {shape!r} is not a tuple of non-negative integers")
+    if not isinstance(dtype, np.dtype):
+        try:
+            dtype = np.dtype(dtype) if isinstance(dtype, str | bytes) else None
+        except TypeError:
+            dtype = None
+        if dtype is None:
+            raise PickleRefused(f"{what}: dtype is not a numpy dtype")
+    return math.prod(shape) * max(dtype.itemsize, 1)
+
+
+class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: opcodes overridable
+    """Unpickler with an allow-list of globals, guarded calls and create-only mutation.
+
+    Args:
+      file: binary file object holding the pickle.
+      globals_: ``{(module, name): object}`` - what each allowed global resolves to.
+      guards: ``{id(object): callable}`` - how REDUCE / OBJ / INST call a global (the guard
+        checks its arguments, then calls). A global without a guard cannot be called.
+      newobj: ``{id(class): callable(cls, *args)}`` - the classes NEWOBJ may instantiate.
+      build_types: types of pickle-created objects BUILD may set state on.
+      persistent_load: handler for persistent ids (default: refused).
+      encoding: for Python 2 ``str`` (as ``pickle.Unpickler``).
+    """
+
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
+
+    def __init__(
+        self,
+        file,
+        *,
+        globals_: Mapping[tuple[str, str], Any],
+        guards: Mapping[int, Callable],
+        newobj: Mapping[int, Callable] | None = None,
+        build_types: tuple[type, ...] = (),
+        persistent_load: Callable[[Any], Any] | None = None,
+        encoding: str = "ASCII",
+    ):
+        super().__init__(file, encoding=encoding)
+        self._globals = globals_
+        self._guards = guards
+        self._newobj = dict(newobj or {})
+        self._build_types = tuple(build_types)
+        self._persistent = persistent_load
+        self._foreign: dict[int, Any] = {}  # globals and persistent objects (never mutated)
+        self._own: dict[int, Any] = {}  # objects this pickle created (strong refs: stable ids)
+
+    # ---- resolution ------------------------------------------------------------------------
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            obj = self._globals[(module, name)]
+        except (KeyError, TypeError):
+            raise PickleRefused(f"refusing to load global {module}.{name}") from None
+        self._foreign[id(obj)] = obj
+        return obj
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._persistent is None:
+            raise PickleRefused("persistent ids are not allowed in this pickle")
+        obj = self._persistent(pid)
+        self._foreign[id(obj)] = obj
+        return obj
+
+    def _created(self, obj: Any) -> Any:
+        if id(obj) not in self._foreign:
+            self._own[id(obj)] = obj
+        return obj
+
+    def _target(self, obj: Any, types: tuple[type, ...], op: str) -> Any:
+        if id(obj) in self._foreign or self._own.get(id(obj)) is not obj:
+            raise PickleRefused(
+                f"{op} on {_describe(obj)}, which the pickle did not create (it would modify a "
+                "global or shared object)"
+            )
+        if not isinstance(obj, types):
+            raise PickleRefused(f"{op} on a {type(obj).__name__} is not allowed")
+        return obj
+
+    def _call(self, func: Any, args: tuple, kwargs: dict | None = None) -> Any:
+        guard = self._guards.get(id(func)) if id(func) in self._foreign else None
+        if guard is None:
+            raise PickleRefused(f"calling {_describe(func)} is not allowed")
+        if not isinstance(args, tuple):
+            raise PickleRefused(f"call of {_describe(func)} with non-tuple arguments")
+        return self._created(guard(*args, **(kwargs or {})))
+
+    # ---- opcodes ---------------------------------------------------------------------------
+
+    def _load_reduce(self):
+        args = self.stack.pop()
+        self.stack[-1] = self._call(self.stack[-1], args)
+
+    def _load_newobj(self):
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(self._new(cls, args))
+
+    def _load_newobj_ex(self):
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if kwargs:
+            raise PickleRefused(f"NEWOBJ_EX with keyword arguments for {_describe(cls)}")
+        self.append(self._new(cls, args))
+
+    def _new(self, cls: Any, args: Any) -> Any:
+        make = self._newobj.get(id(cls)) if id(cls) in self._foreign else None
+        if make is None:
+            raise PickleRefused(f"creating an instance of {_describe(cls)} is not allowed")
+        if not isinstance(args, tuple):
+            raise PickleRefused(f"NEWOBJ of {_describe(cls)} with non-tuple arguments")
+        return self._created(make(cls, *args))
+
+    def _instantiate(self, klass, args):  # OBJ / INST (protocols 0 and 1)
+        if not args and id(klass) in self._newobj and id(klass) in self._foreign:
+            self.append(self._new(klass, ()))
+        else:
+            self.append(self._call(klass, tuple(args)))
+
+    def _load_build(self):
+        state = self.stack.pop()
+        inst = self._target(self.stack[-1], self._build_types, "BUILD")
+        setstate = getattr(type(inst), "__setstate__", None)
+        if setstate is not None:
+            setstate(inst, state)
+            return
+        slotstate = None
+        if isinstance(state, tuple) and len(state) == 2:
+            state, slotstate = state
+        for part in (state, slotstate):
+            if part is None:
+                continue
+            if type(part) is not dict:
+                raise PickleRefused(f"BUILD state is a {type(part).__name__}, not a dict")
+            for key in part:
+                if type(key) is not str or key.startswith("__"):
+                    raise PickleRefused(f"BUILD may not set the attribute {key!r}")
+        if state:
+            inst.__dict__.update(state)
+        for key, value in (slotstate or {}).items():
+            setattr(inst, key, value)
+
+    def _load_setitem(self):
+        value = self.stack.pop()
+        key = self.stack.pop()
+        self._target(self.stack[-1], _CONTAINER_TYPES, "SETITEM")[key] = value
+
+    def _load_setitems(self):
+        items = self.pop_mark()
+        target = self._target(self.stack[-1], _CONTAINER_TYPES, "SETITEMS")
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    def _load_append(self):
+        value = self.stack.pop()
+        self._target(self.stack[-1], (list,), "APPEND").append(value)
+
+    def _load_appends(self):
+        items = self.pop_mark()
+        self._target(self.stack[-1], (list,), "APPENDS").extend(items)
+
+    def _load_additems(self):
+        items = self.pop_mark()
+        self._target(self.stack[-1], (set,), "ADDITEMS").update(items)
+
+    def _refuse_ext(self):
+        raise PickleRefused("the extension-registry opcodes (EXT1/2/4) are not allowed")
+
+    def _made(loader):
+        def _load(self):
+            loader(self)
+            self._created(self.stack[-1])
+
+        return _load
+
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.APPEND[0]] = _load_append
+    dispatch[pickle.APPENDS[0]] = _load_appends
+    dispatch[pickle.ADDITEMS[0]] = _load_additems
+    for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        dispatch[_op[0]] = _refuse_ext
+    for _op, _name in (
+        (pickle.EMPTY_DICT, "load_empty_dictionary"),
+        (pickle.EMPTY_LIST, "load_empty_list"),
+        (pickle.EMPTY_SET, "load_empty_set"),
+        (pickle.DICT, "load_dict"),
+        (pickle.LIST, "load_list"),
+    ):
+        dispatch[_op[0]] = _made(getattr(pickle._Unpickler, _name))
+    del _op, _name, _made
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, type):
+        return f"the class {obj.__module__}.{obj.__qualname__}"
+    if callable(obj):
+        return f"the global {getattr(obj, '__qualname__', repr(obj))}"
+    return f"a shared {type(obj).__module__}.{type(obj).__qualname__} object"
