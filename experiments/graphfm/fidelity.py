@@ -58,7 +58,7 @@ class Row:
     neighbors: int | None = None  # None: the pretrained config's 8
     zero_neighbors: bool = False  # probe: no neighbour tokens in the decoder sequence
     zero_latents: bool = False  # probe: latents replaced by zeros (+ type embedding)
-    eval_every_step: bool = False  # library: once per epoch (= per step on Cornell)
+    eval_every: int = 0  # 0: once per epoch (library; = every step on Cornell); k: every k steps
 
 
 def _load(path: str):
@@ -195,9 +195,9 @@ def _mft(ds, splits, seeds, row: Row, checkpoint: Path):
                     key, sk = jax.random.split(key)
                     params, opt_state, loss = step(params, opt_state, batch, sk)
                     total += 1
-                    if row.eval_every_step:
+                    if row.eval_every and total % row.eval_every == 0:
                         best = _select(best, params, acc, vb, tb, epoch, total, curve)
-                if not row.eval_every_step:
+                if not row.eval_every:
                     best = _select(best, params, acc, vb, tb, epoch, total, curve)
             best["split"], best["seed"] = split_index, seed
             best["seconds"] = round(time.perf_counter() - t0, 1)
@@ -234,67 +234,67 @@ ROWS = {
     "lib_random_trunk": (Row(trunk="random"), "same, random-init frozen trunk"),
     "raw": (Row(features="raw"), "raw 1703 features into the feature MLP (no SVD)"),
     "steps200": (
-        Row(epochs=25, steps_per_epoch=8, eval_every_step=True),
+        Row(epochs=25, steps_per_epoch=8, eval_every=5),
         "200 steps (25 epochs x 8 batches of 11 nodes), val every step",
     ),
     "steps200_full": (
-        Row(epochs=200, eval_every_step=True),
+        Row(epochs=200, eval_every=5),
         "200 full-batch steps (= MLP baseline budget), val every step",
     ),
     "steps200_raw": (
-        Row(epochs=200, features="raw", eval_every_step=True),
+        Row(epochs=200, features="raw", eval_every=5),
         "200 full-batch steps, raw features",
     ),
     "steps200_random": (
-        Row(epochs=200, trunk="random", eval_every_step=True),
+        Row(epochs=200, trunk="random", eval_every=5),
         "200 full-batch steps, random-init trunk",
     ),
     "steps200_raw_random": (
-        Row(epochs=200, features="raw", trunk="random", eval_every_step=True),
+        Row(epochs=200, features="raw", trunk="random", eval_every=5),
         "200 full-batch steps, raw features, random-init trunk",
     ),
     "lr1e-2_200": (
-        Row(epochs=200, lr=1e-2, eval_every_step=True),
+        Row(epochs=200, lr=1e-2, eval_every=5),
         "200 full-batch steps, lr 1e-2",
     ),
     "lr1e-3_200": (
-        Row(epochs=200, lr=1e-3, eval_every_step=True),
+        Row(epochs=200, lr=1e-3, eval_every=5),
         "200 full-batch steps, lr 1e-3",
     ),
     "hidden128_200": (
-        Row(epochs=200, feature_hidden=128, eval_every_step=True),
+        Row(epochs=200, feature_hidden=128, eval_every=5),
         "200 full-batch steps, feature-MLP hidden 128 (ablation; library: D = 32)",
     ),
     "indrop05_200": (
-        Row(epochs=200, input_dropout=0.5, eval_every_step=True),
+        Row(epochs=200, input_dropout=0.5, eval_every=5),
         "200 full-batch steps, input-feature dropout 0.5 (ablation; the MLP baseline has 0.5)",
     ),
     "raw_indrop05_200": (
-        Row(epochs=200, features="raw", input_dropout=0.5, eval_every_step=True),
+        Row(epochs=200, features="raw", input_dropout=0.5, eval_every=5),
         "200 full-batch steps, raw features, input dropout 0.5",
     ),
     "dropout01_200": (
-        Row(epochs=200, dropout=0.1, eval_every_step=True),
+        Row(epochs=200, dropout=0.1, eval_every=5),
         "200 full-batch steps, trunk dropout 0.1 during MFT",
     ),
-    "noneighbors_200": (
-        Row(epochs=200, zero_neighbors=True, eval_every_step=True),
-        "probe: 200 steps, neighbour tokens removed from the decoder sequence",
+    "raw_noneighbors_200": (
+        Row(epochs=200, features="raw", zero_neighbors=True, eval_every=5),
+        "probe: raw, 200 steps, neighbour tokens removed from the decoder sequence",
     ),
-    "nolatents_200": (
-        Row(epochs=200, zero_latents=True, eval_every_step=True),
-        "probe: 200 steps, encoder latents zeroed (ablation via flax intercept_methods)",
+    "raw_nolatents_200": (
+        Row(epochs=200, features="raw", zero_latents=True, eval_every=5),
+        "probe: raw, 200 steps, encoder latents zeroed (flax intercept_methods)",
     ),
-    "selfonly_200": (
-        Row(epochs=200, zero_latents=True, zero_neighbors=True, eval_every_step=True),
-        "probe: 200 steps, self token only (no neighbours, latents zeroed)",
+    "raw_selfonly_200": (
+        Row(epochs=200, features="raw", zero_latents=True, zero_neighbors=True, eval_every=5),
+        "probe: raw, 200 steps, self token only (no neighbours, latents zeroed)",
     ),
     "nbr0_200": (
-        Row(epochs=200, neighbors=0, eval_every_step=True),
+        Row(epochs=200, neighbors=0, eval_every=5),
         "200 steps, 0 decoder neighbours",
     ),
     "nbr16_200": (
-        Row(epochs=200, neighbors=16, eval_every_step=True),
+        Row(epochs=200, neighbors=16, eval_every=5),
         "200 steps, 16 decoder neighbours",
     ),
 }
