@@ -14,7 +14,7 @@ row, per device:
     the forward/backward pass (transient; 0 at ``fsdp=1``);
   - ``grads``: one full-size float32 gradient tree, what a bucket's backward pass produces before
     the reduce-scatter (transient). With more than one bucket per device per step (``--accum``
-    > 1) the accumulator of ``jaxfm.train.graphfm_step`` holds a second full-size copy (the step
+    > 1) the accumulator of ``jaxfm.train.step`` holds a second full-size copy (the step
     reduce-scatters once, after accumulating).
 
 * **measured**: ``activations``, XLA's temporary buffers (``temp_size_in_bytes`` of

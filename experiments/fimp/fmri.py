@@ -155,6 +155,7 @@ def main(argv=None) -> int:
             else:
                 res = train_fimp(
                     RunConfig(
+                        workdir=None,  # many runs: results go to --out
                         task="fmri",
                         model="fimp" if model in FIMP_MODELS else model,
                         variant="tiny",

@@ -145,6 +145,7 @@ def main(argv=None) -> int:
                     val, extra = None, {}
                 else:
                     run = RunConfig(
+                        workdir=None,  # many runs: results go to --out
                         task=task,
                         model="fimp" if model in FIMP_MODELS else model,
                         data=args.data,

@@ -146,6 +146,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             res[mode.upper()] = finetune(
                 FinetuneConfig(
+                    workdir=None,  # many runs: results go to --out
                     mode=mode,
                     checkpoint=str(model_dir),
                     dataset=str(path),

@@ -152,6 +152,7 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 res = finetune(
                     FinetuneConfig(
+                        workdir=None,  # many runs: results go to --out
                         mode="mft",
                         checkpoint=str(workdir / "model"),
                         dataset=str(SHARED / EVAL[graph]),

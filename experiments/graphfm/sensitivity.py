@@ -88,6 +88,7 @@ def main(argv=None) -> int:
         for i, c in enumerate(mft_cfgs):
             res = finetune(
                 FinetuneConfig(
+                    workdir=None,  # many runs: results go to --out
                     mode="mft",
                     checkpoint=str(model_dir),
                     dataset=str(SHARED / rel),
