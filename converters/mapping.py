@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from converters.errors import ConversionError, KeyMismatchError
+from jaxfm.params import flatten, unflatten
 
 __all__ = [
     "MappedParams",
@@ -32,7 +33,6 @@ __all__ = [
     "compose",
     "conv2d_to_flax",
     "conv_to_dense",
-    "flatten_tree",
     "identity",
     "layer_norm_rules",
     "linear_rules",
@@ -284,18 +284,6 @@ def apply_rules(
 # --------------------------------------------------------------------------------------------
 
 
-def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> ``{"a/b/c": leaf}`` (``FrozenDict`` and plain dicts alike)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_tree(value, path + "/"))
-        else:
-            flat[path] = value
-    return flat
-
-
 def _expected_leaf(leaf: Any) -> tuple[tuple[int, ...], Any]:
     """``(shape, dtype or None)`` of an abstract leaf (ShapeDtypeStruct, array or shape tuple)."""
     if isinstance(leaf, tuple | list):
@@ -318,7 +306,7 @@ def strict_merge(expected: Mapping[str, Any], converted: Mapping[str, np.ndarray
       KeyMismatchError: listing every missing, unexpected and mis-shaped (with both shapes)
         path; paths are annotated with their checkpoint key when known.
     """
-    flat_expected = {k: _expected_leaf(v) for k, v in flatten_tree(expected).items()}
+    flat_expected = {k: _expected_leaf(v) for k, v in _flat(expected).items()}
     origin = getattr(converted, "origin", {})
     named = lambda p: f"{p} (from checkpoint key {origin[p]!r})" if p in origin else p
     missing = sorted(set(flat_expected) - set(converted))
@@ -350,18 +338,19 @@ def strict_merge(expected: Mapping[str, Any], converted: Mapping[str, np.ndarray
             unexpected=[origin.get(p, p) for p in unexpected],
             mismatched=mismatched,
         )
-    nested: dict = {}
+    out = {}
     for path, value in converted.items():
         dtype = flat_expected[path][1]
         value = np.asarray(value)
-        if dtype is not None and value.dtype != dtype:
-            value = value.astype(dtype)
-        node = nested
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return nested
+        out[path] = value.astype(dtype) if dtype is not None and value.dtype != dtype else value
+    return unflatten(out)
+
+
+def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A nested target tree, or an already flat ``{path: shape}`` one, as ``{path: leaf}``."""
+    if all(not isinstance(v, Mapping) for v in tree.values()):
+        return dict(tree)
+    return flatten(tree)
 
 
 def require_tensors(

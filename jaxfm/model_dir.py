@@ -28,49 +28,23 @@ from typing import Any
 
 import numpy as np
 
+from jaxfm.params import flatten, unflatten
+
 __all__ = [
     "CONFIG_FILE",
     "PARAMS_FILE",
     "OutputWriteError",
     "check_output_file",
-    "flatten_params",
     "list_extra_files",
     "load_extra_file",
     "load_model_dir",
     "save_model_dir",
-    "unflatten_params",
     "write_json_atomic",
     "write_npy_atomic",
 ]
 
 PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
-
-
-def flatten_params(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    """Nested dict (or ``FrozenDict``) of arrays -> ``{"a/b/c": array}``."""
-    flat = {}
-    for key, value in tree.items():
-        if "/" in str(key):
-            raise ValueError(f"flatten_params: parameter name {key!r} must not contain '/'")
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_params(value, path + "/"))
-        else:
-            flat[path] = np.asarray(value)
-    return flat
-
-
-def unflatten_params(flat: dict[str, Any]) -> dict:
-    """``{"a/b/c": array}`` -> nested dict."""
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
 
 
 class OutputWriteError(OSError, ValueError):
@@ -207,7 +181,7 @@ def save_model_dir(
     for name in extra_files:
         _check_extra_name(name)
     config_text = json.dumps(config, indent=2, sort_keys=True)
-    flat = flatten_params(params)
+    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -312,7 +286,7 @@ def load_model_dir(path: str | os.PathLike, *, as_jax: bool = False) -> tuple[di
         flat = {k: put(a) for k, a in _read_safetensors(path / PARAMS_FILE)}
     except (ValueError, OSError, KeyError, TypeError) as e:
         raise ValueError(f"model directory {path}: {PARAMS_FILE} is unreadable ({e})") from e
-    return unflatten_params(flat), config
+    return unflatten(flat), config
 
 
 def _read_safetensors(file: Path):

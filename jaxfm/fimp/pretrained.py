@@ -52,6 +52,7 @@ from jaxfm.foundation.nystrom import NystromformerLayer
 from jaxfm.foundation.scgpt import ScGPTConfig
 from jaxfm.foundation.vit import ViTConfig
 from jaxfm.model_dir import list_extra_files, load_model_dir
+from jaxfm.params import TransplantError, flatten, transplant
 
 __all__ = [
     "FAMILY_SPECS",
@@ -61,7 +62,6 @@ __all__ = [
     "GraftReport",
     "PretrainedLoadError",
     "check_tokenizer",
-    "flatten_params",
     "foundation_layers",
     "graft",
     "graft_pairs",
@@ -69,13 +69,12 @@ __all__ = [
     "make_tokenizer",
     "pretrained_fimp_config",
     "pretrained_path_rules",
-    "unflatten_params",
 ]
 
 INIT_CHOICES = ("scratch", "vit", "scgpt", "genept", "brainlm")
 
 
-class PretrainedLoadError(ValueError):
+class PretrainedLoadError(TransplantError):
     """Pretrained weights do not fit the FIMP parameter tree.
 
     Attributes:
@@ -83,11 +82,6 @@ class PretrainedLoadError(ValueError):
       unexpected: pretrained paths whose FIMP target does not exist.
       mismatched: ``(fimp path, pretrained shape, fimp shape)`` triples.
     """
-
-    def __init__(self, msg: str, *, missing=(), unexpected=(), mismatched=()):
-        super().__init__(msg)
-        self.missing, self.unexpected = list(missing), list(unexpected)
-        self.mismatched = list(mismatched)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,37 +390,13 @@ def load_foundation(path, *, family: str | None = None) -> FoundationCheckpoint:
 
         vocab = load_vocab(path)
     return FoundationCheckpoint(
-        family=have, config=fcfg, params=flatten_params(params), path=str(path), vocab=vocab
+        family=have, config=fcfg, params=flatten(params), path=str(path), vocab=vocab
     )
 
 
 # ----------------------------------------------------------------------------------------------
 # Parameter surgery
 # ----------------------------------------------------------------------------------------------
-
-
-def flatten_params(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> ``{"a/b/c": leaf}``."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        path = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten_params(v, path + "/"))
-        else:
-            out[path] = v
-    return out
-
-
-def unflatten_params(flat: Mapping[str, Any]) -> dict:
-    """Inverse of :func:`flatten_params`."""
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
 
 
 def graft_pairs(
@@ -508,54 +478,36 @@ def graft(
     Raises:
       PretrainedLoadError: listing every missing, unexpected and mis-shaped path by name.
     """
-    target = flatten_params(params)
     src = source if all(not isinstance(v, Mapping) for v in source.values()) else None
-    src = dict(src) if src is not None else flatten_params(source)
-    out = dict(target)
-    filled: set[str] = set()
+    src = dict(src) if src is not None else flatten(source)
+    renamed: dict[str, Any] = {}
     used: set[str] = set()
-    missing, unexpected, mismatched = [], [], []
     for s_pre, d_pre in pairs:
-        hits = [k for k in src if k.startswith(s_pre)]
-        for key in hits:
-            dst = d_pre + key[len(s_pre) :]
-            used.add(key)
-            if dst not in target:
-                unexpected.append(f"{key} -> {dst}")
-                continue
-            value, want = np.asarray(src[key]), target[dst]
-            if tuple(value.shape) != tuple(want.shape):
-                mismatched.append((dst, tuple(value.shape), tuple(want.shape)))
-                continue
-            out[dst] = value.astype(want.dtype)
-            filled.add(dst)
-        for path in target:
-            if path.startswith(d_pre) and path not in filled:
-                missing.append(f"{path} (from {s_pre}{path[len(d_pre) :]})")
-    if missing or unexpected or mismatched:
-        lines = []
-        if missing:
-            lines.append(f"missing {len(missing)}: " + ", ".join(missing[:8]))
-        if unexpected:
-            lines.append(f"unexpected {len(unexpected)}: " + ", ".join(unexpected[:8]))
-        if mismatched:
-            lines.append(
-                f"mis-shaped {len(mismatched)}: "
-                + ", ".join(f"{p} got {g} expected {e}" for p, g, e in mismatched[:8])
-            )
-        raise PretrainedLoadError(
-            "pretrained weights do not fit the FIMP model: " + "; ".join(lines),
-            missing=missing,
-            unexpected=unexpected,
-            mismatched=mismatched,
+        for key in src:
+            if key.startswith(s_pre):
+                renamed[d_pre + key[len(s_pre) :]] = src[key]
+                used.add(key)
+    try:
+        out, rep = transplant(
+            params,
+            renamed,
+            into=["^" + re.escape(d_pre) for _, d_pre in pairs],
+            unused_ok=False,
+            what="pretrained weights",
         )
-    loaded = tuple(sorted(filled))
+    except TransplantError as e:
+        raise PretrainedLoadError(
+            str(e).replace("the model", "the FIMP model"),
+            missing=e.missing,
+            unexpected=e.unexpected,
+            mismatched=e.mismatched,
+        ) from None
     report = GraftReport(
-        loaded=loaded,
+        loaded=tuple(sorted(rep.loaded)),
         unused=tuple(sorted(set(src) - used)),
-        num_values=int(sum(int(np.size(out[p])) for p in loaded)),
+        num_values=rep.num_values,
     )
-    return unflatten_params(out), report
+    return out, report
 
 
 def pretrained_path_rules(pairs: Sequence[tuple[str, str]]) -> list[str]:

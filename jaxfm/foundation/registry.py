@@ -8,7 +8,7 @@ from pathlib import Path
 
 import flax.linen as nn
 
-from jaxfm.model_dir import CONFIG_FILE, PARAMS_FILE, load_model_dir
+from jaxfm.model_dir import CONFIG_FILE, PARAMS_FILE
 
 __all__ = ["FAMILY_MODULES", "load_pretrained", "model_from_config"]
 
@@ -55,15 +55,18 @@ def load_pretrained(path: str | os.PathLike, *, as_jax: bool = True) -> tuple[nn
     Example:
       >>> model, variables = load_pretrained("vit_out")  # doctest: +SKIP
     """
+    from jaxfm.loading import load_model
+
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
             f"pretrained model directory {path} does not exist (expected a directory with "
             f"{PARAMS_FILE} and {CONFIG_FILE}, as written by `jaxfm convert`)"
         )
-    params, config = load_model_dir(path, as_jax=as_jax)
-    try:
-        model = model_from_config(config)
-    except ValueError as e:
-        raise ValueError(f"model directory {path}: {e}") from e
+    model, config, params = load_model(path, as_jax=as_jax)
+    if config.get("family") not in FAMILY_MODULES:
+        raise ValueError(
+            f"model directory {path}: family {config.get('family')!r} is not a foundation model "
+            f"family; expected one of {sorted(FAMILY_MODULES)}"
+        )
     return model, {"params": params}

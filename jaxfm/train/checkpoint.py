@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxfm.train.param_rules import path_of
+from jaxfm.params import path_of
 
 __all__ = [
     "Checkpointer",

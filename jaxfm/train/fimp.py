@@ -24,7 +24,7 @@ from jaxfm.baselines.node_mlp import FILLS, NodeMLP
 from jaxfm.fimp import pretrained as P
 from jaxfm.fimp.config import VARIANTS, FIMPConfig, PretrainedConfig, fimp_config
 from jaxfm.fimp.genept import GeneTable, match_gene_table, read_gene_table
-from jaxfm.fimp.serialization import config_from_dict, config_to_dict
+from jaxfm.fimp.serialization import config_to_dict
 from jaxfm.fimp.tasks import FIMPTaskModel, loss_and_metrics
 from jaxfm.graph import (
     NodeBatchSampler,
@@ -35,7 +35,7 @@ from jaxfm.graph import (
     pad_to_budget,
 )
 from jaxfm.graph.batching import Budget
-from jaxfm.model_dir import load_model_dir, save_model_dir, write_json_atomic
+from jaxfm.model_dir import save_model_dir, write_json_atomic
 from jaxfm.ops import metrics as M
 from jaxfm.train.fimp_data import DataOptions, FIMPData, prepare_fimp_data
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
@@ -640,10 +640,9 @@ def train_fimp(
 
 def load_fimp(path) -> tuple[FIMPTaskModel, dict, dict]:
     """Loads a model directory written by ``train_fimp(save_dir=...)``: (model, params, config)."""
-    params, config = load_model_dir(path)
+    from jaxfm.loading import load_model
+
+    model, config, params = load_model(path)
     if config.get("family") != "fimp":
         raise ValueError(f"{path}: not a FIMP model directory (family={config.get('family')!r})")
-    cfg = config_from_dict(config["fimp"])
-    model = FIMPTaskModel(cfg, config["task"], config["num_classes"])
-    params = jax.tree.map(jnp.asarray, params)
     return model, params, config

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,8 @@ from tqdm.auto import tqdm
 
 from jaxfm.data.graph_dataset import NodeDataset, Split
 from jaxfm.graphfm import DATASET_SPECIFIC, GraphFM, GraphFMConfig, loss_and_metrics
-from jaxfm.model_dir import flatten_params, load_model_dir, unflatten_params, write_json_atomic
+from jaxfm.model_dir import load_model_dir, write_json_atomic
+from jaxfm.params import TransplantError, flatten, transplant
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
 from jaxfm.train.step import TrainState, make_eval_step, make_train_step
 from jaxfm.train.trainer import EpochBatches, Select, fit, run_splits
@@ -114,12 +116,15 @@ def unfreeze_epochs(cfg: FinetuneConfig, decoder_depth: int) -> list[int]:
 
 
 def load_pretrained_graphfm(path: str | os.PathLike) -> tuple[GraphFMConfig, dict]:
-    """Reads a pretrained GraphFM model directory -> ``(config, params)``."""
+    """Reads a pretrained GraphFM model directory -> ``(config, params)`` (numpy)."""
+    from jaxfm.loading import family_of, resolve_model_dir
+
+    path = resolve_model_dir(path)
     params, config = load_model_dir(path)
-    if "graphfm" not in config:
+    if family_of(config, f"{path}/config.json") != "graphfm":
         raise ValueError(
-            f"{path}: not a GraphFM model directory (config.json has no 'graphfm' entry; "
-            "expected the WORKDIR/model written by `jaxfm pretrain`)"
+            f"{path}: not a GraphFM model directory (family {config.get('family')!r}; expected "
+            "the WORKDIR/model written by `jaxfm pretrain`)"
         )
     return GraphFMConfig.from_dict(config["graphfm"]), params
 
@@ -133,27 +138,23 @@ def transplant_pretrained(
     plus those under a ``fresh_if_absent`` prefix that the checkpoint lacks (e.g. a graph decoder
     a node-level pretraining never trained).
     """
-    new_flat = flatten_params(new_params)
-    old_flat = flatten_params(pretrained)
-    keep_new = [p for p in new_flat if any(re.search(r, p) for r in NEW_PARAMS)]
-    keep_new += [
-        p
-        for p in new_flat
-        if p not in keep_new and p not in old_flat and p.startswith(tuple(fresh_if_absent))
+    old_flat = flatten(pretrained)
+    absent = [
+        "^" + re.escape(p) + "$"
+        for p in flatten(new_params)
+        if p not in old_flat and p.startswith(tuple(fresh_if_absent))
     ]
-    missing = [p for p in new_flat if p not in keep_new and p not in old_flat]
-    shape_mismatch = [
-        f"{p} {old_flat[p].shape} vs {new_flat[p].shape}"
-        for p in new_flat
-        if p not in keep_new and p in old_flat and old_flat[p].shape != new_flat[p].shape
-    ]
-    if missing or shape_mismatch:
+    try:
+        out, report = transplant(
+            new_params, old_flat, keep=[*NEW_PARAMS, *absent], what=f"the checkpoint {source}"
+        )
+    except TransplantError as e:
         raise ValueError(
             f"{source}: the checkpoint does not fit this model config (made with another "
-            f"config?); missing: {missing[:8]}; shape mismatches: {shape_mismatch[:8]}"
-        )
-    out = {p: (v if p in keep_new else old_flat[p]) for p, v in new_flat.items()}
-    return jax.device_put(unflatten_params(out)), keep_new  # device_put: no per-shape compile
+            f"config?); missing: {e.missing[:8]}; shape mismatches: {e.mismatched[:8]}"
+        ) from None
+    keep_new = list(report.kept)
+    return jax.device_put(out), keep_new  # device_put: no per-shape compile
 
 
 def splits_for(

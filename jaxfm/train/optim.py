@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfm.train import param_rules
+from jaxfm import params as param_rules
 
-__all__ = ["OptimizerConfig", "decays_weight", "make_optimizer", "make_schedule"]
+__all__ = ["OptimizerConfig", "decays_weight", "make_optimizer", "make_schedule", "scale_rows"]
 
 _OPTIMIZERS = ("adam", "adamw", "lamb", "sgd")
 _SCHEDULES = ("constant", "warmup_cosine", "step_decay")
@@ -238,5 +238,41 @@ def make_optimizer(
     if lr_scales:
         chain.append(_scale_by_path(params, lr_scales))
     if row_scales is not None:
-        chain.append(param_rules.scale_rows(jnp.asarray(row_scales[1]), params, row_scales[0]))
+        chain.append(scale_rows(jnp.asarray(row_scales[1]), params, row_scales[0]))
     return optax.chain(*chain)
+
+
+class _ScaleRowsState(NamedTuple):
+    pass
+
+
+def scale_rows(row_scales: jax.Array, params, rules: Sequence[str]) -> optax.GradientTransformation:
+    """Multiplies updates of stacked per-dataset parameters row-wise by ``row_scales``.
+
+    Per-dataset parameters are stacked with a leading dataset axis S (``[S, ...]``); this scales
+    row ``s`` of the update of every parameter whose path matches one of ``rules`` by
+    ``row_scales[s]`` (GraphFM appendix A.2: the per-dataset MLPs and heads of rarely-seen
+    datasets take larger steps). Other parameters are untouched.
+
+    Shapes:
+      row_scales: ``[S]``.
+    """
+    labels = param_rules.label_params(params, [(p, True) for p in rules], default=False)
+
+    def update_fn(updates, state, params=None):
+        del params
+        scales = jnp.asarray(row_scales)
+
+        def scale(u, hit):
+            if not hit:
+                return u
+            if u.shape[:1] != scales.shape:
+                raise ValueError(
+                    f"scale_rows: a matched parameter has leading dim {u.shape[:1]}, expected "
+                    f"the dataset axis {scales.shape}"
+                )
+            return u * scales.reshape((-1,) + (1,) * (u.ndim - 1)).astype(u.dtype)
+
+        return jax.tree.map(scale, updates, labels), state
+
+    return optax.GradientTransformation(lambda _: _ScaleRowsState(), update_fn)

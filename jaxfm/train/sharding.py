@@ -7,7 +7,7 @@ shapes are written ``"data=4,fsdp=2"``; ``-1`` takes the remaining devices; the 
 devices on ``fsdp`` (pure FSDP).
 
 Every parameter gets *logical* axis names from path rules (:data:`LOGICAL_RULES`, first regex
-match on the ``/`` path, as :mod:`jaxfm.train.param_rules`); :data:`AXIS_RULES` maps logical
+match on the ``/`` path, as :mod:`jaxfm.params`); :data:`AXIS_RULES` maps logical
 names to mesh axes. A dimension that a mesh axis does not divide stays replicated. The same rules
 apply to optimizer state, whose leaves repeat the parameter paths (``.../mu/encoder/...``).
 
@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxfm.train.param_rules import path_of
+from jaxfm.params import path_of
 
 __all__ = [
     "AXIS_RULES",

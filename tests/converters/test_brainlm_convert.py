@@ -18,7 +18,7 @@ from converters.checkpoint import read_state_dict
 from converters.errors import ConversionError, KeyMismatchError
 from jaxfm.foundation import load_pretrained
 from jaxfm.foundation.brainlm import BrainLM, BrainLMConfig
-from jaxfm.model_dir import flatten_params
+from jaxfm.params import flatten
 
 FIXTURE = "brainlm_small"
 
@@ -61,7 +61,7 @@ def test_cli_convert_and_verify_end_to_end(src, tmp_path, capsys):
     model, variables = load_pretrained(out)
     assert isinstance(model, BrainLM)
     # the PE buffers and the unused decoder_pred are not carried over
-    flat = flatten_params(variables["params"])
+    flat = flatten(variables["params"])
     assert not any("pos_embedding" in k or k.startswith("decoder/decoder_pred/") for k in flat)
 
 
@@ -197,7 +197,7 @@ def test_other_sizes_convert_with_the_same_code(tmp_path):
     model = BrainLM(config=cfg)
     sig, xyz, noise = np.zeros((1, 3, 30), "f4"), np.zeros((1, 3, 3), "f4"), np.zeros((1, 9), "f4")
     params = jax.jit(model.init)(jax.random.key(0), sig, xyz, noise)["params"]
-    flat = flatten_params(jax.tree.map(np.asarray, params))
+    flat = flatten(jax.tree.map(np.asarray, params))
     state = _to_torch(flat, cfg)
     from jaxfm.foundation.brainlm import temporal_encoding
 
@@ -205,7 +205,7 @@ def test_other_sizes_convert_with_the_same_code(tmp_path):
     hf = {k: v for k, v in cfg.to_dict().items() if k not in ("family", "pe_max_len", "pe_dropout")}
     converted = convert(_write_dir(tmp_path / "m", state, {**hf, "model_type": "brainlm_mae"}))
     assert converted.config == cfg.to_dict()
-    got = flatten_params(converted.params)
+    got = flatten(converted.params)
     assert set(got) == set(flat)
     for k in flat:
         np.testing.assert_array_equal(got[k], flat[k], err_msg=k)

@@ -6,13 +6,14 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from converters.checkpoint import read_state_dict
-from converters.errors import ConversionError, KeyMismatchError
 from safetensors.numpy import save_file
 
+from converters.checkpoint import read_state_dict
+from converters.errors import ConversionError, KeyMismatchError
 from converters.scgpt import convert, detect_layout, verify
 from jaxfm.foundation.scgpt import ScGPTConfig, load_vocab
-from jaxfm.model_dir import flatten_params, save_model_dir
+from jaxfm.model_dir import save_model_dir
+from jaxfm.params import flatten
 
 FIXTURES = ("scgpt_small_torch", "scgpt_small_flash")
 
@@ -50,12 +51,12 @@ def test_detects_layout_and_config(fixtures_dir, converted, name, layout):
         c["pad_value"],
     )
     assert cfg.pad_token_id == meta["vocab"]["special_tokens"]["<pad>"]
-    n = sum(v.size for v in flatten_params(conv.params).values())
+    n = sum(v.size for v in flatten(conv.params).values())
     assert n == meta["param_count"]
 
 
 def test_both_layouts_give_identical_params(converted):
-    a, b = (flatten_params(converted[n].params) for n in FIXTURES)
+    a, b = (flatten(converted[n].params) for n in FIXTURES)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -105,8 +106,8 @@ def test_vocab_and_config_round_trip(fixtures_dir, converted, tmp_path):
     assert model.config == ScGPTConfig.from_dict(conv.config)
     assert model.config.to_dict() == conv.config
     assert load_vocab(out)["<pad>"] == model.config.pad_token_id
-    a = flatten_params(jax.tree.map(np.asarray, variables["params"]))
-    b = flatten_params(conv.params)
+    a = flatten(jax.tree.map(np.asarray, variables["params"]))
+    b = flatten(conv.params)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 

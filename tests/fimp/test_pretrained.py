@@ -27,7 +27,6 @@ from jaxfm.fimp.model import tokenize_nodes
 from jaxfm.fimp.pretrained import (
     FAMILY_SPECS,
     PretrainedLoadError,
-    flatten_params,
     graft,
     graft_pairs,
     pretrained_fimp_config,
@@ -37,6 +36,7 @@ from jaxfm.foundation.brainlm import BrainLM, BrainLMConfig
 from jaxfm.foundation.registry import model_from_config
 from jaxfm.foundation.scgpt import ScGPTConfig
 from jaxfm.foundation.vit import ViTConfig
+from jaxfm.params import flatten
 from jaxfm.train.fimp_data import DataOptions, prepare_fimp_data
 
 TOL = 2e-5
@@ -130,7 +130,7 @@ def test_zero_shot_on_self_loops_is_the_foundation_model(case):
     )
     params, report = graft(params, conv.params, pairs)
     # Every parameter of the zero-shot encoder is pretrained except BrainLM's mask token.
-    flat = flatten_params(params)
+    flat = flatten(params)
     assert set(flat) - set(report.loaded) <= {"tokenizer/mask_token"}
     out = enc.apply({"params": params}, nodes, s, r)
     mask = np.asarray(out["token_mask"])
@@ -209,7 +209,7 @@ def test_graft_errors_name_the_paths(fixtures_dir):
     s, r = _self_loops(3)
     params = enc.init(jax.random.key(0), nodes, s, r)["params"]
     pairs = graft_pairs("vit", creators=["message"], num_layers=2, final_norm="final_norm")
-    src = flatten_params(conv.params)
+    src = flatten(conv.params)
 
     broken = dict(src)
     del broken["encoder/layer_1/mlp/fc2/bias"]

@@ -43,12 +43,10 @@ def test_cli_defaults_are_the_dataclass_defaults():
 def test_readme_python_example_equals_its_cli_twin(tmp_path, capsys):
     # The README's example, with a smaller synthetic tissue so that it runs in CI.
     opts = DataOptions(knn=6, num_nodes=300)
-    res = train_fimp(
-        RunConfig(task="celltype", data="synthetic", epochs=4, data_options=opts,
-                  workdir=str(tmp_path / "api")),  # fmt: skip
-        log_stream=None,
-        progress=False,
+    run = RunConfig(
+        task="celltype", data="synthetic", epochs=4, data_options=opts, workdir=str(tmp_path / "a")
     )
+    res = train_fimp(run, log_stream=None, progress=False)
     rc = main(["fimp", "train", "--task", "celltype", "--data", "synthetic", "--epochs", "4",
                "--knn", "6", "--num-nodes", "300", "--workdir", str(tmp_path / "cli"),
                "--no-progress"])  # fmt: skip

@@ -11,7 +11,7 @@ from jaxfm.baselines import GraphClassifier
 from jaxfm.data import graph_batches as gb
 from jaxfm.data.graph_dataset import GraphClassificationDataset, SmallGraph
 from jaxfm.graph.batching import Budget, graph_mask
-from jaxfm.model_dir import flatten_params
+from jaxfm.params import flatten
 from jaxfm.train import graph_classification as gc
 from jaxfm.train import trainer
 
@@ -179,7 +179,7 @@ def _tiny_model_dir(path):
     )  # fmt: skip
     params = GraphFM(cfg).init(jax.random.key(1), batch)["params"]
     save_model_dir(path, params, {"graphfm": cfg.to_dict()})
-    return flatten_params(jax.tree.map(np.asarray, params))
+    return flatten(jax.tree.map(np.asarray, params))
 
 
 @pytest.mark.slow  # ~40 s: compiles a (tiny) GraphFM train step
@@ -192,7 +192,7 @@ def test_graphfm_graph_mft_trains_only_the_new_parts(tmp_path):
     )  # fmt: skip
     assert "graph_decoder/query" in out["fresh_params"]  # the checkpoint had no graph decoder
     assert 0.0 <= out["per_fold"][0]["test_accuracy"] <= 1.0
-    tuned = flatten_params(jax.tree.map(np.asarray, out["params"]))
+    tuned = flatten(jax.tree.map(np.asarray, out["params"]))
     frozen = [p for p in pretrained if p.startswith(("encoder/", "tokenizer/signnet/"))]
     assert frozen
     for p in frozen:

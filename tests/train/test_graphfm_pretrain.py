@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxfm.model_dir import flatten_params, load_model_dir
+from jaxfm.model_dir import load_model_dir
+from jaxfm.params import flatten
 from jaxfm.train.graphfm_finetune import FinetuneConfig, unfreeze_epochs
 from jaxfm.train.graphfm_pretrain import PretrainConfig, dataset_lr_scales, pretrain
 from jaxfm.train.optim import OptimizerConfig
@@ -57,7 +58,7 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_losses(tmp_path):
     pa, ca = load_model_dir(tmp_path / "a" / "model")
     pb, cb = load_model_dir(tmp_path / "b" / "model")
     assert ca == cb
-    fa, fb = flatten_params(pa), flatten_params(pb)
+    fa, fb = flatten(pa), flatten(pb)
     assert fa.keys() == fb.keys()
     for path, v in fa.items():
         np.testing.assert_allclose(v, fb[path], rtol=1e-6, atol=1e-7, err_msg=path)

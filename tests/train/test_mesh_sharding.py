@@ -15,8 +15,8 @@ import pytest
 
 from jaxfm.graphfm import graphfm_config
 from jaxfm.graphfm.summary import parameter_shapes
-from jaxfm.model_dir import flatten_params, load_model_dir
-from jaxfm.train.param_rules import paths
+from jaxfm.model_dir import load_model_dir
+from jaxfm.params import flatten, paths
 from jaxfm.train.sharding import bytes_per_device, logical_axes, parse_mesh, spec_for, specs_for
 
 DRIVER = Path(__file__).with_name("mesh_driver.py")
@@ -38,7 +38,7 @@ def _drive(tmp_path: Path, devices: int, *specs: str) -> dict:
 
 
 def _params(tmp_path: Path, name: str) -> dict:
-    return flatten_params(load_model_dir(tmp_path / name / "model")[0])
+    return flatten(load_model_dir(tmp_path / name / "model")[0])
 
 
 @pytest.mark.slow
