@@ -243,7 +243,7 @@ def train_graph_baseline(
         per_epoch = -(-fold.train.size // batch_size)
         total = epochs * per_epoch
         key = jax.random.key(int(np.random.default_rng([seed, fi]).integers(2**31)))
-        init_key, fit_key = jax.random.split(key)
+        fit_key, init_key = jax.random.split(key)
         params = init(init_key, val[0])
         if per_epoch not in steps:
             cfg = OptimizerConfig(
@@ -398,7 +398,7 @@ def finetune_graphfm_graph(
                 yield packed.pack(units, c, chunk, [seed, fi, epoch, b])
 
         key = jax.random.key(int(np.random.default_rng([seed, fi]).integers(2**31)))
-        init_key, fit_key = jax.random.split(key)
+        fit_key, init_key = jax.random.split(key)
         params, fresh = transplant_pretrained(
             init(init_key, val[0][1]), pretrained, str(model_dir),
             fresh_if_absent=("graph_decoder/",),
