@@ -7,7 +7,7 @@ the one ``experiments/graphfm/evaluate.py`` writes):
     python experiments/graphfm/graph_classification.py --quick     # smoke: 1 fold, 2 epochs
 
 Every learner sees the same 10 stratified folds (test part k, validation part k + 1, training
-the rest; ``jaxfm.train.graph_classification.stratified_folds``) and reports test accuracy at
+the rest; ``jaxfm.data.graph_batches.stratified_folds``) and reports test accuracy at
 its best validation epoch. Epoch budgets (``EPOCHS``) keep the whole run near 15 minutes on 2
 shared CPU cores; they are far below the papers' (GIN: 350 epochs), see the reading in
 ``experiments/README.md``.

@@ -46,7 +46,13 @@ from jaxfm.data.graph_batches import (
 from jaxfm.data.graph_dataset import GraphClassificationDataset
 from jaxfm.graph.batching import graph_mask
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
-from jaxfm.train.step import TrainState, make_eval_step, make_train_step
+from jaxfm.train.step import (
+    TrainState,
+    default_mesh,
+    make_eval_step,
+    make_train_step,
+    state_shardings_for,
+)
 from jaxfm.train.trainer import EpochBatches, FitResult, Select, fit, run_splits
 
 __all__ = [
@@ -110,6 +116,23 @@ def _row(fi: int, fitted: FitResult, test_accuracy: float, run: dict) -> dict:
         "best_epoch": fitted.select.best_epoch,
         "run": run,
     }
+
+
+def _spine(loss_fn, tx, params) -> tuple[Callable, Callable]:
+    """``(create_state, train_step)`` on the one-device mesh; the state is created already
+    sharded (as every step returns it), so the step compiles once per batch shape."""
+    mesh = default_mesh()
+    create = lambda p: TrainState.create(p, tx)
+    shardings = state_shardings_for(jax.eval_shape(create, params), mesh)
+    step = make_train_step(loss_fn, tx, mesh=mesh, state_shardings=shardings)
+    return jax.jit(create, out_shardings=shardings), step
+
+
+def _selected(fitted: FitResult):
+    """The selected parameters, placed like the trained ones (no recompiled evaluation)."""
+    return jax.device_put(
+        fitted.best_params, jax.tree.map(lambda x: x.sharding, fitted.state.params)
+    )
 
 
 def _summary(rows: list[dict], preempted: bool, **meta) -> dict:
@@ -220,7 +243,7 @@ def train_graph_baseline(
         per_epoch = -(-fold.train.size // batch_size)
         total = epochs * per_epoch
         key = jax.random.key(int(np.random.default_rng([seed, fi]).integers(2**31)))
-        init_key, fit_key = jax.random.split(key)
+        fit_key, init_key = jax.random.split(key)
         params = init(init_key, val[0])
         if per_epoch not in steps:
             cfg = OptimizerConfig(
@@ -229,8 +252,8 @@ def train_graph_baseline(
             ).for_run(total)  # fmt: skip
             every = decay_every * per_epoch
             tx = make_optimizer(cfg, params, boundaries=range(every, total, every))
-            steps[per_epoch] = (tx, make_train_step(loss_fn, tx))
-        tx, train_step = steps[per_epoch]
+            steps[per_epoch] = _spine(loss_fn, tx, params)
+        create_state, train_step = steps[per_epoch]
 
         def make_epoch(epoch: int):
             order = np.random.default_rng([seed, fi, epoch]).permutation(fold.train)
@@ -238,7 +261,7 @@ def train_graph_baseline(
 
         run = {**settings, **_fold_info(ds, fi, fold)}
         fitted = fit(
-            TrainState.create(params, tx),
+            create_state(params),
             train_step,
             EpochBatches(make_epoch, per_epoch),
             total_steps=total,
@@ -256,7 +279,7 @@ def train_graph_baseline(
         )
         if fitted.preempted:
             return {"fold": fi, "preempted": True}
-        test_accuracy = scores(fitted.best_params, test, fold.test.size)["accuracy"]
+        test_accuracy = scores(_selected(fitted), test, fold.test.size)["accuracy"]
         return _row(fi, fitted, test_accuracy, run)
 
     pairs = select_folds(ds, folds)
@@ -360,7 +383,7 @@ def finetune_graphfm_graph(
         return {"accuracy": hits / size, "loss": ce / size}
 
     init = jax.jit(lambda k, b: models[-1].init(k, b)["params"])
-    spine: dict = {}  # the optimizer and compiled step, shared by every fold
+    spine: dict = {}  # the state maker and compiled step, shared by every fold
     kept: dict = {}  # the last trained fold's selected parameters
 
     def train_fold(fi: int, fold: Fold, sub, resume_fold: bool = resume) -> dict:
@@ -375,7 +398,7 @@ def finetune_graphfm_graph(
                 yield packed.pack(units, c, chunk, [seed, fi, epoch, b])
 
         key = jax.random.key(int(np.random.default_rng([seed, fi]).integers(2**31)))
-        init_key, fit_key = jax.random.split(key)
+        fit_key, init_key = jax.random.split(key)
         params, fresh = transplant_pretrained(
             init(init_key, val[0][1]), pretrained, str(model_dir),
             fresh_if_absent=("graph_decoder/",),
@@ -386,10 +409,10 @@ def finetune_graphfm_graph(
                 clip_norm=None,
             )  # fmt: skip
             tx = make_optimizer(opt.for_run(1), params, trainable=GRAPH_MFT_RULES)
-            spine.update(tx=tx, step=make_train_step(loss_fn, tx))
+            spine["create"], spine["step"] = _spine(loss_fn, tx, params)
         run = {**settings, **_fold_info(ds, fi, fold)}
         fitted = fit(
-            TrainState.create(params, spine["tx"]),
+            spine["create"](params),
             spine["step"],
             EpochBatches(make_epoch, len(plan)),
             total_steps=epochs * len(plan),
@@ -408,7 +431,7 @@ def finetune_graphfm_graph(
         if fitted.preempted:
             return {"fold": fi, "preempted": True}
         kept.update(fold=fi, params=fitted.best_params)
-        test_accuracy = scores(fitted.best_params, test, fold.test.size)["accuracy"]
+        test_accuracy = scores(_selected(fitted), test, fold.test.size)["accuracy"]
         groups = sorted({"/".join(p.split("/")[:2]) for p in fresh})
         return {**_row(fi, fitted, test_accuracy, run), "fresh_params": groups}
 

@@ -182,14 +182,12 @@ def _tiny_model_dir(path):
     return flatten(jax.tree.map(np.asarray, params))
 
 
-@pytest.mark.slow  # ~40 s: compiles a (tiny) GraphFM train step
+@pytest.mark.slow  # ~40 s CPU: compiles a (tiny) GraphFM train step
 def test_graphfm_graph_mft_trains_only_the_new_parts(tmp_path):
     pretrained = _tiny_model_dir(tmp_path / "model")
     ds = _triangle_set(24)
-    out = gc.finetune_graphfm_graph(
-        tmp_path / "model", ds, folds=[0], epochs=2, batch_graphs=4, learning_rate=1e-2,
-        return_params=True,
-    )  # fmt: skip
+    kw = dict(folds=[0], epochs=2, batch_graphs=4, learning_rate=1e-2, return_params=True)
+    out = gc.finetune_graphfm_graph(tmp_path / "model", ds, workdir=tmp_path / "run", **kw)
     assert "graph_decoder/query" in out["fresh_params"]  # the checkpoint had no graph decoder
     assert 0.0 <= out["per_fold"][0]["test_accuracy"] <= 1.0
     tuned = flatten(jax.tree.map(np.asarray, out["params"]))
@@ -200,5 +198,14 @@ def test_graphfm_graph_mft_trains_only_the_new_parts(tmp_path):
     # Trained: LayerNorm scale starts at 1 and the head bias at 0.
     assert not np.allclose(tuned["graph_decoder/norm/scale"], 1.0)
     assert not np.allclose(tuned["graph_heads/bias"], 0.0)
+    # Resumed when finished: the fold is read back and its selected parameters restored.
+    again = gc.finetune_graphfm_graph(
+        tmp_path / "model", ds, workdir=tmp_path / "run", resume=True, **kw
+    )
+    assert again["per_fold"] == out["per_fold"]
+    assert again["fresh_params"] == out["fresh_params"]
+    restored = flatten_params(jax.tree.map(np.asarray, again["params"]))
+    for p, v in tuned.items():
+        np.testing.assert_array_equal(restored[p], v, err_msg=p)
     with pytest.raises(ValueError, match="epochs"):
         gc.finetune_graphfm_graph(tmp_path / "model", ds, folds=[0], epochs=0)
