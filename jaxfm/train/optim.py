@@ -1,7 +1,7 @@
 """The one optimizer builder of jaxfm: optax from `OptimizerConfig` plus parameter-path rules.
 
 Every trainer builds its optimizer here. What differs between them is configuration, expressed as
-regexes over parameter paths (:mod:`jaxfm.train.param_rules`):
+regexes over parameter paths (:mod:`jaxfm.params`):
 
 - ``trainable``: only these train; everything else gets zero updates and no optimizer state
   (MFT's frozen trunk, FIMP's frozen pretrained layers).
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfm import params as param_rules
+from jaxfm import params as P
 
 __all__ = ["OptimizerConfig", "decays_weight", "make_optimizer", "make_schedule", "scale_rows"]
 
@@ -137,9 +137,7 @@ def decays_weight(path: str, leaf) -> bool:
 
 
 def _decay_mask(params):
-    return jax.tree_util.tree_map_with_path(
-        lambda kp, x: decays_weight(param_rules.path_of(kp), x), params
-    )
+    return jax.tree_util.tree_map_with_path(lambda kp, x: decays_weight(P.path_of(kp), x), params)
 
 
 def _base(cfg: OptimizerConfig, schedule) -> optax.GradientTransformation:
@@ -178,7 +176,7 @@ def _start_at(step: int, inner: optax.GradientTransformation) -> optax.GradientT
 
 
 def _scale_by_path(params, rules: Sequence[tuple[str, float]]) -> optax.GradientTransformation:
-    factors = param_rules.label_params(params, list(rules), default=1.0, strict=True)
+    factors = P.label_params(params, list(rules), default=1.0, strict=True)
     return optax.GradientTransformation(
         lambda _: optax.EmptyState(),
         lambda u, s, p=None: (jax.tree.map(lambda x, f: x * f, u, factors), s),
@@ -226,11 +224,11 @@ def make_optimizer(
             transforms[label] = _start_at(int(start), _base(cfg, shifted))
             rules.append((rx, label))
         rules += [(rx, "train") for rx in (trainable if trainable is not None else [".*"])]
-        labels = param_rules.label_params(params, rules, default="frozen")
+        labels = P.label_params(params, rules, default="frozen")
         if all(v == "frozen" for v in jax.tree.leaves(labels)):
             raise ValueError(
                 f"make_optimizer: no parameter is trainable (rules {[r for r, _ in rules]}; "
-                f"paths look like {param_rules.paths(params)[:4]})"
+                f"paths look like {P.paths(params)[:4]})"
             )
         transforms["train"] = _base(cfg, schedule)
         transforms["frozen"] = optax.set_to_zero()
@@ -257,7 +255,7 @@ def scale_rows(row_scales: jax.Array, params, rules: Sequence[str]) -> optax.Gra
     Shapes:
       row_scales: ``[S]``.
     """
-    labels = param_rules.label_params(params, [(p, True) for p in rules], default=False)
+    labels = P.label_params(params, [(p, True) for p in rules], default=False)
 
     def update_fn(updates, state, params=None):
         del params

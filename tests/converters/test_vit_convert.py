@@ -13,7 +13,8 @@ from converters.errors import CheckpointFormatError, ConversionError, KeyMismatc
 from converters.verify import all_ok, format_table, load_golden
 from converters.vit import convert, detect_layout, run_model, verify
 from jaxfm.foundation import load_pretrained
-from jaxfm.model_dir import flatten_params, save_model_dir
+from jaxfm.model_dir import save_model_dir
+from jaxfm.params import flatten
 
 HF, TIMM = "vit_hf_small", "vit_timm_small"
 
@@ -182,8 +183,8 @@ def test_fixture_converts_and_verifies(tmp_path, fixtures_dir, name, layout):
     assert all_ok(rows) and len(rows) >= 8, format_table(rows)
     # the checkpoint file itself (not only the directory) converts to the same parameters
     same = convert(ckpt)
-    for k, v in flatten_params(conv.params).items():
-        np.testing.assert_array_equal(flatten_params(same.params)[k], v)
+    for k, v in flatten(conv.params).items():
+        np.testing.assert_array_equal(flatten(same.params)[k], v)
     model, variables = load_pretrained(out)
     assert model.config.layout == layout and "params" in variables
 

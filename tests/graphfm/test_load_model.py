@@ -33,5 +33,5 @@ def test_unknown_family_missing_dir_and_unreachable_hub_id_are_named(tmp_path, m
     with pytest.raises(FileNotFoundError, match="no such directory"):
         jaxfm.load_model(tmp_path / "absent" / "deeper")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="hub could not provide it.*HF_HUB_OFFLINE"):
+    with pytest.raises(FileNotFoundError, match=r"hub could not provide it.*HF_HUB_OFFLINE"):
         jaxfm.load_model("nobody-here/no-such-model")

@@ -204,7 +204,7 @@ def test_graphfm_graph_mft_trains_only_the_new_parts(tmp_path):
     )
     assert again["per_fold"] == out["per_fold"]
     assert again["fresh_params"] == out["fresh_params"]
-    restored = flatten_params(jax.tree.map(np.asarray, again["params"]))
+    restored = flatten(jax.tree.map(np.asarray, again["params"]))
     for p, v in tuned.items():
         np.testing.assert_array_equal(restored[p], v, err_msg=p)
     with pytest.raises(ValueError, match="epochs"):
