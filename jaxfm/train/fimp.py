@@ -40,13 +40,7 @@ from jaxfm.ops import metrics as M
 from jaxfm.train.fimp_data import DataOptions, FIMPData, prepare_fimp_data
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
 from jaxfm.train.sharding import data_parallel_size, make_mesh
-from jaxfm.train.step import (
-    TrainState,
-    default_mesh,
-    make_eval_step,
-    make_train_step,
-    state_shardings_for,
-)
+from jaxfm.train.step import create_state, default_mesh, make_eval_step, make_train_step
 from jaxfm.train.trainer import EpochBatches, Select, fit
 
 __all__ = [
@@ -553,11 +547,7 @@ def train_fimp(
     frozen = P.pretrained_path_rules(pairs) if run.freeze_pretrained else ()
     optimizer = make_optimizer(run.optimizer.for_run(total), params, frozen=frozen)
 
-    def init_state(p):
-        return TrainState.create(p, optimizer)
-
-    shardings = state_shardings_for(jax.eval_shape(init_state, params), mesh)
-    state = jax.jit(init_state, out_shardings=shardings)(params)
+    state, shardings = create_state(params, optimizer, mesh)
     train_step = make_train_step(
         _make_loss_fn(model, run.task, opts.mask_rate, opts.patch_mask_rate),
         optimizer,

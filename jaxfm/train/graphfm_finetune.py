@@ -30,7 +30,7 @@ from jaxfm.graphfm import DATASET_SPECIFIC, GraphFM, GraphFMConfig, loss_and_met
 from jaxfm.model_dir import load_model_dir, write_json_atomic
 from jaxfm.params import TransplantError, flatten, transplant
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
-from jaxfm.train.step import TrainState, make_eval_step, make_train_step
+from jaxfm.train.step import create_state, make_eval_step, make_train_step
 from jaxfm.train.trainer import EpochBatches, Select, fit, run_splits
 
 __all__ = [
@@ -336,11 +336,11 @@ def finetune(
                 f"nft: decoder layers unfreeze at epochs {unfreeze} (lr / {cfg.lr_decay} each)",
                 file=sys.stderr,
             )
-        state = TrainState.create(params, optimizer)
+        state, shardings = create_state(params, optimizer)
         select = Select(metric="accuracy", mode="max")
         fitted = fit(
             state,
-            make_train_step(loss_fn, optimizer),
+            make_train_step(loss_fn, optimizer, state_shardings=shardings),
             data,
             total_steps=spe * cfg.epochs,
             rng=key,

@@ -44,6 +44,7 @@ __all__ = [
     "BATCH_SPEC",
     "LossFn",
     "TrainState",
+    "create_state",
     "default_mesh",
     "make_eval_step",
     "make_train_step",
@@ -78,6 +79,18 @@ def default_mesh() -> Mesh:
 def state_shardings_for(abstract_state: Any, mesh: Mesh) -> Any:
     """``NamedSharding`` tree of a train state (parameter paths -> logical axes -> mesh)."""
     return shardings_for(abstract_state, mesh)
+
+
+def create_state(params, optimizer: optax.GradientTransformation, mesh: Mesh | None = None):
+    """``(state, state_shardings)``: a :class:`TrainState` created directly on ``mesh``.
+
+    Pass both to :func:`make_train_step` (``state_shardings=``), so the step compiles once
+    for the state's final layout (a state created unsharded would make it compile twice).
+    """
+    mesh = default_mesh() if mesh is None else mesh
+    create = lambda p: TrainState.create(p, optimizer)
+    shardings = state_shardings_for(jax.eval_shape(create, params), mesh)
+    return jax.jit(create, out_shardings=shardings)(params), shardings
 
 
 def stack_batches(batches, accum: int) -> Any:
