@@ -123,9 +123,8 @@ def _tu_sizes(name: str) -> tuple[np.ndarray, str]:
 def real_graph_sizes() -> tuple[np.ndarray, str]:
     """Node count of every graph in ../shared/datasets (registry if available)."""
     try:
-        from jaxfm.data.registry import find_datasets, load_dataset
-
         from jaxfm.data.graph_dataset import GraphClassificationDataset
+        from jaxfm.data.registry import find_datasets, load_dataset
 
         sizes = []
         for ref in find_datasets(DATASETS):

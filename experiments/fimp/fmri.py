@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfm.baselines.node_mlp import fill_masked
+from jaxfm.fimp.data import DataOptions, prepare_fimp_data
 from jaxfm.ops import metrics as M
 from jaxfm.train.fimp import RunConfig, train_fimp
-from jaxfm.train.fimp_data import DataOptions, prepare_fimp_data
 from jaxfm.train.optim import OptimizerConfig
 
 REPO = Path(__file__).resolve().parents[2]

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxfm.fimp.data import DataOptions, prepare_fimp_data
 from jaxfm.ops import metrics as M
 from jaxfm.train.fimp import RunConfig, train_fimp
-from jaxfm.train.fimp_data import DataOptions, prepare_fimp_data
 from jaxfm.train.optim import OptimizerConfig
 
 REPO = Path(__file__).resolve().parents[2]

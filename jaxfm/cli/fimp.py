@@ -118,7 +118,7 @@ def _fimp_train(args) -> int:
 
 
 def _fimp_embed(args) -> int:
-    from jaxfm.train.fimp_embed import embed_zero_shot
+    from jaxfm.fimp.embed import embed_zero_shot
 
     res = embed_zero_shot(
         args.model,
@@ -142,7 +142,7 @@ def _add_data_arguments(t) -> None:
 
 
 def _fimp_attention_map(args) -> int:
-    from jaxfm.train.fimp_attention import export_attention_map
+    from jaxfm.fimp.attention_export import export_attention_map
 
     out = export_attention_map(
         args.model,

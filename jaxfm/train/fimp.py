@@ -22,10 +22,11 @@ import numpy as np
 from jaxfm.baselines.node_gnn import GNN_KINDS, NodeGNN
 from jaxfm.baselines.node_mlp import FILLS, NodeMLP
 from jaxfm.fimp import pretrained as P
-from jaxfm.fimp.config import VARIANTS, FIMPConfig, PretrainedConfig, fimp_config
-from jaxfm.fimp.genept import GeneTable, match_gene_table, read_gene_table
+from jaxfm.fimp.config import VARIANTS, FIMPConfig, fimp_config
+from jaxfm.fimp.data import DataOptions, FIMPData, prepare_fimp_data
 from jaxfm.fimp.serialization import config_to_dict
 from jaxfm.fimp.tasks import FIMPTaskModel, loss_and_metrics
+from jaxfm.fimp.variants import data_options_for, load_pretrained_source, pretrained_setup
 from jaxfm.graph import (
     NodeBatchSampler,
     batch_graphs,
@@ -37,7 +38,6 @@ from jaxfm.graph import (
 from jaxfm.graph.batching import Budget
 from jaxfm.model_dir import save_model_dir, write_json_atomic
 from jaxfm.ops import metrics as M
-from jaxfm.train.fimp_data import DataOptions, FIMPData, prepare_fimp_data
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
 from jaxfm.train.sharding import data_parallel_size, make_mesh
 from jaxfm.train.step import create_state, default_mesh, make_eval_step, make_train_step
@@ -47,11 +47,7 @@ __all__ = [
     "GNN_MODELS",
     "MODELS",
     "RunConfig",
-    "data_options_for",
     "evaluate_split",
-    "load_fimp",
-    "load_pretrained_source",
-    "pretrained_setup",
     "run_info",
     "train_fimp",
 ]
@@ -354,97 +350,6 @@ def build_config(run: RunConfig, data: FIMPData) -> FIMPConfig:
     return fimp_config(run.variant, tokenizer=data.tokenizer, **run.overrides)
 
 
-def load_pretrained_source(init: str, checkpoint: str | None):
-    """``None`` (scratch), a :class:`~jaxfm.fimp.pretrained.FoundationCheckpoint` or a
-    :class:`~jaxfm.fimp.genept.GeneTable`."""
-    if init == "scratch":
-        return None
-    if init == "genept":
-        return read_gene_table(checkpoint)
-    source = P.load_foundation(checkpoint, family=init)
-    if init == "scgpt" and source.vocab is None:
-        raise ValueError(
-            f"--checkpoint {checkpoint}: an scGPT model directory needs its vocab.json (written "
-            "by `jaxfm convert scgpt`) to map the dataset's gene symbols"
-        )
-    return source
-
-
-def data_options_for(source, data: str, opts: DataOptions) -> DataOptions:
-    """Adapts synthetic-data options to a checkpoint (ViT image size, BrainLM patch length)."""
-    if isinstance(source, P.FoundationCheckpoint) and source.family == "vit":
-        h, w = source.config.image_size
-        if data == "synthetic" and opts.image_size is None and h == w:
-            opts = dataclasses.replace(opts, image_size=h)
-    if isinstance(source, P.FoundationCheckpoint) and source.family == "brainlm":
-        p = source.config.timepoint_patching_size
-        opts = dataclasses.replace(opts, fmri_patch_size=p)
-        if data == "synthetic" and opts.num_timepoints % p:
-            step = np.lcm(20, p)  # synthetic recordings come in multiples of 20 timepoints
-            opts = dataclasses.replace(
-                opts, num_timepoints=int(step * -(-opts.num_timepoints // step))
-            )
-    return opts
-
-
-def pretrained_setup(
-    base: FIMPConfig,
-    source,
-    data: FIMPData,
-    *,
-    num_layers: int | None = None,
-    zero_shot: bool = False,
-) -> tuple[FIMPConfig, dict[str, Any], list[tuple[str, str]], dict[str, Any]]:
-    """The pretrained variant of ``base`` and what to graft into it.
-
-    Args:
-      base: the scratch config (its tokenizer is the data's).
-      source: from :func:`load_pretrained_source` (not ``None``).
-      data: the prepared data (gene names / vocabulary ids in its metadata).
-      num_layers: message-creator layers (default: all encoder layers).
-      zero_shot: pairs for :class:`~jaxfm.fimp.model.ZeroShotEncoder` instead of the task model.
-
-    Returns:
-      ``(config, flat pretrained tensors, graft pairs, report)``.
-    """
-    if isinstance(source, GeneTable):
-        P.check_tokenizer(PretrainedConfig(family="genept"), base.tokenizer)
-        match = match_gene_table(source, data.metadata["gene_names"])
-        tokenizer = dataclasses.replace(base.tokenizer, gene_embedding_dim=source.dim)
-        cfg = dataclasses.replace(
-            base,
-            tokenizer=tokenizer,
-            pretrained=PretrainedConfig(family="genept", source=source.path),
-        )
-        pairs = P.graft_pairs("genept", tokenizer="fimp/tokenizer")
-        report = {"family": "genept", "checkpoint": source.path, "genes": match.report()}
-        return cfg, {"gene_embedding/embedding": match.table}, pairs, report
-    vocab_ids = data.metadata.get("gene_vocab_ids") if source.family == "scgpt" else None
-    pre = PretrainedConfig(
-        family=source.family,
-        foundation=source.config,
-        gene_vocab_ids=None if vocab_ids is None else tuple(vocab_ids),
-        source=source.path,
-    )
-    cfg = P.pretrained_fimp_config(base, pre, num_message_layers=num_layers)
-    n = cfg.message.num_layers
-    if zero_shot:
-        spec = P.FAMILY_SPECS[source.family]
-        norm = "final_norm" if spec.final_norm_eps(source.config) is not None else None
-        pairs = P.graft_pairs(source.family, creators=["message"], num_layers=n, final_norm=norm)
-    else:
-        creators = [f"fimp/layers_{i}/message" for i in range(cfg.num_layers)]
-        if cfg.separate_self:
-            creators += [f"fimp/layers_{i}/self_message" for i in range(cfg.num_layers)]
-        pairs = P.graft_pairs(
-            source.family, tokenizer="fimp/tokenizer", creators=creators, num_layers=n
-        )
-    report = {"family": source.family, "checkpoint": source.path, "message_layers": n}
-    if "gene_mapping" in data.metadata:
-        report["genes"] = data.metadata["gene_mapping"]
-    return cfg, source.params, pairs, report
-
-
 def _model(run: RunConfig, cfg: FIMPConfig, data: FIMPData):
     """The model of ``run.model`` and the neighbourhood hops its batches need."""
     if run.model == "fimp":
@@ -626,13 +531,3 @@ def train_fimp(
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, results)
     return results
-
-
-def load_fimp(path) -> tuple[FIMPTaskModel, dict, dict]:
-    """Loads a model directory written by ``train_fimp(save_dir=...)``: (model, params, config)."""
-    from jaxfm.loading import load_model
-
-    model, config, params = load_model(path)
-    if config.get("family") != "fimp":
-        raise ValueError(f"{path}: not a FIMP model directory (family={config.get('family')!r})")
-    return model, params, config

@@ -23,6 +23,7 @@ from jaxfm.fimp import (
     PretrainedConfig,
     ZeroShotEncoder,
 )
+from jaxfm.fimp.data import DataOptions, prepare_fimp_data
 from jaxfm.fimp.model import tokenize_nodes
 from jaxfm.fimp.pretrained import (
     FAMILY_SPECS,
@@ -37,7 +38,6 @@ from jaxfm.foundation.registry import model_from_config
 from jaxfm.foundation.scgpt import ScGPTConfig
 from jaxfm.foundation.vit import ViTConfig
 from jaxfm.params import flatten
-from jaxfm.train.fimp_data import DataOptions, prepare_fimp_data
 
 TOL = 2e-5
 

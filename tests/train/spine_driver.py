@@ -19,8 +19,8 @@ TINY_GRAPHFM = dict(
 
 
 def fimp(workdir: str, resume: bool, mesh: str | None, devices: int | None) -> dict:
+    from jaxfm.fimp.data import DataOptions
     from jaxfm.train.fimp import RunConfig, train_fimp
-    from jaxfm.train.fimp_data import DataOptions
 
     run = RunConfig(
         task="celltype",

@@ -9,8 +9,8 @@ import pytest
 
 from jaxfm.cli import main
 from jaxfm.cli.fields import field_default
+from jaxfm.fimp.data import DataOptions
 from jaxfm.train.fimp import RunConfig, train_fimp
-from jaxfm.train.fimp_data import DataOptions
 from jaxfm.train.graphfm_finetune import FinetuneConfig
 from jaxfm.train.graphfm_pretrain import PretrainConfig
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from jaxfm.cli import main
+from jaxfm.fimp.data import DataOptions
 from jaxfm.train.fimp import RunConfig, train_fimp
-from jaxfm.train.fimp_data import DataOptions
 
 SMALL = DataOptions(num_nodes=120, num_recordings=6, num_timepoints=40)
 
@@ -62,9 +62,9 @@ def test_gps_on_fmri_batches_of_recordings_attends_within_each_recording():
     import jax
 
     from jaxfm.baselines.node_gnn import NodeGNN
+    from jaxfm.fimp.data import prepare_fimp_data
     from jaxfm.graph import edge_mask, node_mask
     from jaxfm.train.fimp import _Batches, _to_device
-    from jaxfm.train.fimp_data import prepare_fimp_data
 
     fd = prepare_fimp_data("fmri", "synthetic", SMALL)
 

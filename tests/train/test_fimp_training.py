@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from jaxfm.cli import main
+from jaxfm.fimp.attention_export import load_fimp
 from jaxfm.fimp.attention_map import group_attention_maps
 from jaxfm.fimp.config import fimp_config
+from jaxfm.fimp.data import DataOptions, prepare_fimp_data
 from jaxfm.fimp.tasks import FIMPTaskModel
 from jaxfm.graph import Budget, edge_mask, node_mask, pad_to_budget
 from jaxfm.model_dir import load_model_dir, save_model_dir
-from jaxfm.train.fimp import RunConfig, _random_value_mask, load_fimp, train_fimp
-from jaxfm.train.fimp_data import DataOptions, prepare_fimp_data
+from jaxfm.train.fimp import RunConfig, _random_value_mask, train_fimp
 from jaxfm.train.optim import OptimizerConfig
 
 

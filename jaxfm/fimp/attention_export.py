@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from jaxfm.fimp.attention_map import group_attention_maps, plot_group_maps
-from jaxfm.train.fimp import load_fimp
-from jaxfm.train.fimp_data import DataOptions, prepare_fimp_data
+from jaxfm.fimp.data import DataOptions, prepare_fimp_data
 
 __all__ = ["export_attention_map"]
 
@@ -113,3 +113,13 @@ def export_attention_map(
     }
     (out / "attention_map.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def load_fimp(path) -> tuple[Any, dict, dict]:
+    """A FIMP model directory (``jaxfm fimp train --save``) -> ``(model, params, config)``."""
+    from jaxfm.loading import load_model
+
+    model, config, params = load_model(path)
+    if config.get("family") != "fimp":
+        raise ValueError(f"{path}: not a FIMP model directory (family={config.get('family')!r})")
+    return model, params, config

@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfm.fimp.config import fimp_config
+from jaxfm.fimp.data import DataOptions, prepare_fimp_data
 from jaxfm.fimp.model import ZeroShotEncoder
 from jaxfm.fimp.pretrained import graft
-from jaxfm.train.fimp import data_options_for, load_pretrained_source, pretrained_setup
-from jaxfm.train.fimp_data import DataOptions, prepare_fimp_data
+from jaxfm.fimp.variants import data_options_for, load_pretrained_source, pretrained_setup
 
 __all__ = ["ZERO_SHOT_MODELS", "embed_zero_shot"]
 
