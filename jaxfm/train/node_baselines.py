@@ -205,17 +205,17 @@ def train_node_baseline(
     accuracy = make_eval_step(_accuracy_fn(model))
 
     def train_split(i: int, workdir: Path | None) -> dict:
-        masks = _split_masks(ds, i)
+        train_mask, val_mask, test_mask = _split_masks(ds, i)
         rng, init_key = jax.random.split(jax.random.key(cfg.seed * 1000 + i))
         select = Select(metric="accuracy", mode="max")
         fitted = fit(
             create(init_key),
             train_step,
-            RepeatBatches({**graph, "mask": masks[0]}),
+            RepeatBatches({**graph, "mask": train_mask}),
             total_steps=cfg.epochs,
             rng=rng,
             steps_per_epoch=1,
-            evaluate=lambda p: {"accuracy": accuracy(p, graph, masks[1])},
+            evaluate=lambda p: {"accuracy": accuracy(p, graph, val_mask)},
             select=select,
             workdir=workdir,
             checkpoint_every=_checkpoint_every(cfg.epochs),
@@ -232,7 +232,7 @@ def train_node_baseline(
         return {
             "split": i,
             "val_accuracy": float(select.best),
-            "test_accuracy": float(accuracy(best, graph, masks[2])),
+            "test_accuracy": float(accuracy(best, graph, test_mask)),
             "best_epoch": int(select.best_epoch),
         }
 
@@ -306,7 +306,7 @@ def _graphmae_results(ds, cfg: BaselineConfig, graph, splits, *, resume, overwri
 
     def embeddings():
         if "emb" not in cache:
-            params, _ = pretrain_graphmae(
+            params, losses = pretrain_graphmae(
                 model,
                 x,
                 s,
@@ -319,13 +319,18 @@ def _graphmae_results(ds, cfg: BaselineConfig, graph, splits, *, resume, overwri
                 resume=resume,
                 overwrite=overwrite,
             )
+            if len(losses) < cfg.graphmae_epochs:  # stopped by SIGTERM / SIGINT (saved)
+                return None
             encode = jax.jit(lambda p, x, s, r: model.apply(p, x, s, r, method=GraphMAE.encode))
             cache["emb"] = encode(params, x, s, r)
         return cache["emb"]
 
     def train_split(i: int, workdir: Path | None) -> dict:
+        emb = embeddings()
+        if emb is None:
+            return {"split": i, "preempted": True}
         probe = linear_probe(
-            embeddings(),
+            emb,
             graph["y"],
             _split_masks(ds, i),
             ds.num_classes,
