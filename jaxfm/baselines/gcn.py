@@ -1,14 +1,14 @@
-"""GCN (Kipf & Welling, 2017) and a feature-only MLP for full-graph node classification.
+"""GCN (Kipf & Welling, 2017): the layer, its reference propagation, and the shared small pieces.
 
-One GCN layer is ``H' = D^-1/2 (A + I) D^-1/2 H W + b`` with D the degree of ``A + I``; edges are
-made symmetric and self loops added once by :func:`gcn_norm`. Inputs may be dense or a
-``jax.experimental.sparse.BCOO`` matrix (bag-of-words features stay sparse in the first layer).
-
-:class:`GCN` is the full-graph model with precomputed :func:`gcn_norm` weights (kept so earlier
-numbers stay reproducible). :class:`GCNLayer` is the same layer under the shared message-passing
-contract of ``jaxfm.baselines`` (``senders``/``receivers`` plus optional edge / node masks, degree
-normalisation computed in-layer), which :class:`jaxfm.baselines.gnn.GNN` stacks. :class:`Linear`
-and :func:`edge_validity` are the small pieces every contract layer shares.
+One GCN layer is ``H' = D^-1/2 (A + I) D^-1/2 H W + b`` with D the degree of ``A + I``.
+:class:`GCNLayer` is that layer under the shared message-passing contract of ``jaxfm.baselines``
+(``senders``/``receivers`` plus optional edge / node masks, degree normalisation computed
+in-layer), which :class:`jaxfm.baselines.gnn.GNN` stacks. :func:`gcn_norm` (symmetrised,
+deduplicated edges with self loops and their weights) and :func:`gcn_propagate` are the textbook
+precomputed form, kept as the reference the layer is tested against and to symmetrise a
+dataset's edges once. :class:`Linear` (dense or ``jax.experimental.sparse.BCOO`` inputs, so
+bag-of-words features stay sparse in the first layer), :func:`edge_validity` and
+:func:`mask_nodes` are the small pieces every contract layer shares.
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import sparse as jsparse
 
 __all__ = [
-    "GCN",
-    "FeatureMLP",
     "GCNLayer",
     "Linear",
     "edge_validity",
@@ -52,61 +49,6 @@ def gcn_norm(senders, receivers, num_nodes: int):
 def gcn_propagate(h, senders, receivers, weight, num_nodes: int):
     """``sum_u w_uv h_u`` for every receiver v (one normalised propagation)."""
     return jax.ops.segment_sum(h[senders] * weight[:, None], receivers, num_segments=num_nodes)
-
-
-def _dense(x, features: int, name: str, module: nn.Module):
-    if isinstance(x, jsparse.BCOO):
-        kernel = module.param(
-            f"{name}_kernel", nn.initializers.glorot_uniform(), (x.shape[1], features)
-        )
-        bias = module.param(f"{name}_bias", nn.initializers.zeros, (features,))
-        return x @ kernel + bias
-    return nn.Dense(features, name=name)(x)
-
-
-class GCN(nn.Module):
-    """``depth`` GCN layers (ReLU + dropout between them); the last maps to ``num_classes``."""
-
-    hidden: int = 64
-    num_classes: int = 2
-    depth: int = 2
-    dropout: float = 0.5
-
-    @nn.compact
-    def __call__(self, x, senders, receivers, weight, *, deterministic: bool = True):
-        n = x.shape[0]
-        h = x
-        for i in range(self.depth):
-            last = i == self.depth - 1
-            if i > 0 or not isinstance(h, jsparse.BCOO):
-                h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-            h = _dense(h, self.num_classes if last else self.hidden, f"layer_{i}", self)
-            h = gcn_propagate(h, senders, receivers, weight, n)
-            if not last:
-                h = nn.relu(h)
-        return h
-
-
-class FeatureMLP(nn.Module):
-    """The no-graph baseline: the same widths as :class:`GCN`, edges ignored."""
-
-    hidden: int = 64
-    num_classes: int = 2
-    depth: int = 2
-    dropout: float = 0.5
-
-    @nn.compact
-    def __call__(self, x, senders=None, receivers=None, weight=None, *, deterministic=True):
-        del senders, receivers, weight
-        h = x
-        for i in range(self.depth):
-            last = i == self.depth - 1
-            if i > 0 or not isinstance(h, jsparse.BCOO):
-                h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-            h = _dense(h, self.num_classes if last else self.hidden, f"layer_{i}", self)
-            if not last:
-                h = nn.relu(h)
-        return h
 
 
 def edge_validity(senders, receivers, edge_mask=None, node_mask=None):

@@ -1,14 +1,15 @@
-"""A generic node-classification stack over the contract layers (GCN, SAGE, GAT, GIN, GPS).
+"""A generic node-classification stack over the contract layers of :mod:`jaxfm.baselines.kinds`.
 
-* ``gcn`` / ``sage`` / ``gin``: ``depth`` layers, ReLU between them, feature dropout before each;
-  the last layer maps to ``num_classes``.
+* ``gcn`` / ``sage`` / ``gin`` / ``mlp``: ``depth`` layers, ReLU between them, feature dropout
+  before each; the last layer maps to ``num_classes`` (``mlp``: the no-graph control, edges
+  ignored).
 * ``gat``: hidden layers with ``heads`` concatenated heads (ELU), the output layer a single head,
   attention dropout = ``dropout`` (as in the GAT paper).
 * ``gps``: input linear map to ``hidden``, ``depth`` :class:`GPSLayer` s (``heads`` heads), a
   linear head.
 
 The first projection of every kind accepts a ``jax.experimental.sparse.BCOO`` feature matrix
-(feature dropout is skipped on sparse inputs, as in :class:`jaxfm.baselines.gcn.GCN`).
+(feature dropout is skipped on sparse inputs: dropping stored entries would densify them).
 """
 
 from __future__ import annotations
@@ -16,15 +17,10 @@ from __future__ import annotations
 import flax.linen as nn
 from jax.experimental import sparse as jsparse
 
-from jaxfm.baselines.gat import GATLayer
-from jaxfm.baselines.gcn import GCNLayer, Linear, mask_nodes
-from jaxfm.baselines.gin import GINLayer
-from jaxfm.baselines.gps import GPSLayer
-from jaxfm.baselines.sage import SAGELayer
+from jaxfm.baselines.gcn import Linear, mask_nodes
+from jaxfm.baselines.kinds import KINDS, layer_class
 
 __all__ = ["GNN", "KINDS"]
-
-KINDS = ("gcn", "sage", "gat", "gin", "gps")
 
 
 class GNN(nn.Module):
@@ -74,20 +70,13 @@ class GNN(nn.Module):
 
     def _layer(self, i: int, last: bool) -> nn.Module:
         width = self.num_classes if last else self.hidden
-        name = f"layer_{i}"
-        if self.kind == "gcn":
-            return GCNLayer(width, name=name)
-        if self.kind == "sage":
-            return SAGELayer(width, name=name)
+        extra = {}
         if self.kind == "gin":
-            return GINLayer(width, hidden_features=self.hidden, name=name)
-        return GATLayer(
-            width,
-            heads=1 if last else self.heads,
-            concat=not last,
-            attention_dropout=self.dropout,
-            name=name,
-        )
+            extra = {"hidden_features": self.hidden}
+        elif self.kind == "gat":  # the output layer: one head (GAT paper, Sec. 3.3)
+            extra = {"heads": 1 if last else self.heads, "concat": not last}
+            extra["attention_dropout"] = self.dropout
+        return layer_class(self.kind)(width, name=f"layer_{i}", **extra)
 
     @nn.compact
     def __call__(
@@ -113,7 +102,7 @@ class GNN(nn.Module):
         if self.kind == "gps":
             h = Linear(self.hidden, name="input")(drop(h))
             for i in range(self.depth):
-                h = GPSLayer(
+                h = layer_class("gps")(
                     self.hidden, heads=self.heads, dropout=self.dropout, name=f"layer_{i}"
                 )(h, senders, receivers, segment_ids=segment_ids, **kw)
             emb = h

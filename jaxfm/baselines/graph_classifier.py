@@ -14,27 +14,13 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-from jaxfm.baselines.gcn import GCNLayer
-from jaxfm.baselines.gin import GINLayer
-from jaxfm.baselines.sage import SAGELayer
+from jaxfm.baselines.kinds import layer_class
 from jaxfm.graph.batching import edge_mask, node_mask
 
 __all__ = ["GRAPH_CLASSIFIER_KINDS", "GraphClassifier"]
 
-_LAYERS = {"gin": GINLayer, "gcn": GCNLayer, "sage": SAGELayer}
-#: Message-passing layers :class:`GraphClassifier` can stack.
-GRAPH_CLASSIFIER_KINDS = tuple(_LAYERS)
-
-
-def _layer_class(kind: str) -> type[nn.Module]:
-    """The message-passing layer class of ``kind`` (:data:`GRAPH_CLASSIFIER_KINDS`).
-
-    Raises:
-      ValueError: an unknown kind.
-    """
-    if kind not in _LAYERS:
-        raise ValueError(f"kind must be one of {GRAPH_CLASSIFIER_KINDS}, got {kind!r}")
-    return _LAYERS[kind]
+#: Message-passing layers :class:`GraphClassifier` can stack (from the one registry).
+GRAPH_CLASSIFIER_KINDS = ("gin", "gcn", "sage")
 
 
 class GraphClassifier(nn.Module):
@@ -65,7 +51,7 @@ class GraphClassifier(nn.Module):
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True) -> jax.Array:
         if self.readout not in ("sum", "mean"):
             raise ValueError(f"GraphClassifier.readout must be 'sum' or 'mean', not {self.readout}")
-        layer = _layer_class(self.kind)
+        layer = layer_class(self.kind, GRAPH_CLASSIFIER_KINDS)
         x = jnp.asarray(graph.nodes, jnp.float32)
         n, g = x.shape[0], graph.n_node.shape[0]
         nmask, emask = node_mask(graph), edge_mask(graph)

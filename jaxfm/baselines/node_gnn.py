@@ -16,24 +16,14 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxfm.baselines.gat import GATLayer
-from jaxfm.baselines.gcn import GCNLayer
-from jaxfm.baselines.gin import GINLayer
-from jaxfm.baselines.gps import GPSLayer
+from jaxfm.baselines.kinds import MESSAGE_PASSING_KINDS, layer_class
 from jaxfm.baselines.node_mlp import FILLS, Tokenizer, fill_rng, node_features, task_head
-from jaxfm.baselines.sage import SAGELayer
 
 __all__ = ["GNN_KINDS", "NodeGNN"]
 
-_LAYERS = {
-    "gcn": GCNLayer,
-    "sage": SAGELayer,
-    "gat": GATLayer,
-    "gin": GINLayer,
-    "gps": GPSLayer,
-}
-#: Message-passing kinds of :class:`NodeGNN`.
-GNN_KINDS = tuple(_LAYERS)
+#: Message-passing kinds of :class:`NodeGNN` (the FIMP tasks' no-graph baseline is
+#: :class:`~jaxfm.baselines.node_mlp.NodeMLP`, with its own featurisation).
+GNN_KINDS = MESSAGE_PASSING_KINDS
 
 
 class NodeGNN(nn.Module):
@@ -72,7 +62,7 @@ class NodeGNN(nn.Module):
     fill: str = "zero"
 
     def _check(self) -> None:
-        if self.kind not in _LAYERS:
+        if self.kind not in GNN_KINDS:
             raise ValueError(f"kind must be one of {GNN_KINDS}, got {self.kind!r}")
         if self.fill not in FILLS:
             raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
@@ -83,7 +73,9 @@ class NodeGNN(nn.Module):
 
     def _layer(self, i: int) -> nn.Module:
         extra = {"heads": self.heads} if self.kind in ("gat", "gps") else {}
-        return _LAYERS[self.kind](features=self.hidden, name=f"{self.kind}_{i}", **extra)
+        return layer_class(self.kind, GNN_KINDS)(
+            features=self.hidden, name=f"{self.kind}_{i}", **extra
+        )
 
     @nn.compact
     def __call__(

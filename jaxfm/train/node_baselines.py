@@ -4,17 +4,28 @@ The reference numbers beside GraphFM's finetuning: each baseline is trained on e
 train/val/test masks (the dataset's public splits, or the seeded 60/20/20 ones), model selection
 on validation accuracy, test accuracy reported per split and as mean ± std.
 
-Models (``BaselineConfig.model``): ``gcn`` (the :class:`GCN` module with precomputed
-:func:`gcn_norm` weights, unchanged so earlier numbers reproduce), ``mlp`` (no graph), the
-:class:`GNN` stacks ``sage``, ``gat``, ``gin``, ``gps`` (on the symmetrised edges of
-:func:`gcn_norm` without its self loops; the layers add their own where the method defines them),
-and ``graphmae`` (self-supervised pretraining once per call, then a linear probe per split, the
-probe trained for ``epochs`` steps with ``learning_rate`` / ``weight_decay``).
+Models (``BaselineConfig.model``): the :class:`~jaxfm.baselines.gnn.GNN` stack of every kind of
+the one registry :data:`jaxfm.baselines.kinds.KINDS` (``gcn``, ``sage``, ``gat``, ``gin``,
+``gps``, and ``mlp``, the no-graph control), on the dataset's symmetrised, deduplicated edges
+without self loops (the layers add their own where the method defines them); and ``graphmae``
+(self-supervised pretraining once per call, then a linear probe per split, the probe trained for
+``epochs`` steps with ``learning_rate`` / ``weight_decay``).
+
+Training runs on jaxfm's spine: one :func:`~jaxfm.train.step.make_train_step` step per epoch
+over the whole graph (:class:`~jaxfm.train.trainer.RepeatBatches`, the graph's arrays on the
+device as step arguments), :func:`~jaxfm.train.trainer.fit` with
+``Select(metric="accuracy", mode="max")`` on validation accuracy (a later epoch must be strictly
+better; test accuracy is computed once, at the selected parameters), AdamW from
+:func:`~jaxfm.train.optim.make_optimizer` (no decay on biases), and
+:func:`~jaxfm.train.trainer.run_splits`: with ``BaselineConfig.workdir`` each split trains in
+``WORKDIR/split_<i>`` (checkpoints, ``metrics.jsonl``, ``result.json``) and a run resumed with
+``resume=True`` skips the finished splits and continues the unfinished one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -24,15 +35,24 @@ import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 from tqdm.auto import tqdm
 
-from jaxfm.baselines.gcn import GCN, FeatureMLP, gcn_norm
+from jaxfm.baselines.gcn import gcn_norm
 from jaxfm.baselines.gnn import GNN
 from jaxfm.baselines.graphmae import GraphMAE, linear_probe, pretrain_graphmae
+from jaxfm.baselines.kinds import KINDS
 from jaxfm.data.graph_dataset import NodeDataset
+from jaxfm.train.optim import OptimizerConfig, make_optimizer
+from jaxfm.train.step import (
+    TrainState,
+    default_mesh,
+    make_eval_step,
+    make_train_step,
+    state_shardings_for,
+)
+from jaxfm.train.trainer import RepeatBatches, Select, fit, run_splits
 
 __all__ = ["MODEL_NAMES", "BaselineConfig", "train_node_baseline"]
 
-MODELS = {"gcn": GCN, "mlp": FeatureMLP}  # the modules called with gcn_norm weights
-MODEL_NAMES = ("gcn", "sage", "gat", "gin", "gps", "mlp", "graphmae")
+MODEL_NAMES = (*KINDS, "graphmae")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,13 +62,15 @@ class BaselineConfig:
     Attributes:
       model: one of :data:`MODEL_NAMES`.
       hidden, depth, dropout: widths / layers / feature dropout of the supervised model.
-      learning_rate, weight_decay, epochs: AdamW full-batch training (for ``graphmae``: the
-        linear probe's).
+      learning_rate, weight_decay, epochs: AdamW full-batch training, one step per epoch (for
+        ``graphmae``: the linear probe's).
       seed: initialisation / dropout seed (split i uses ``seed * 1000 + i``).
       heads: attention heads of ``gat`` hidden layers, ``gps`` layers and the GraphMAE encoder.
       gps_max_nodes: ``gps`` refuses larger graphs (its full attention is ``O(N^2)``).
       graphmae_epochs, graphmae_hidden, graphmae_mask_rate, graphmae_learning_rate,
         graphmae_weight_decay: GraphMAE pretraining.
+      workdir: where the run's checkpoints and logs go (``split_<i>/`` per split, and
+        ``graphmae_pretrain/``); None: nothing is written and nothing can be resumed.
     """
 
     model: str = "gcn"
@@ -66,6 +88,7 @@ class BaselineConfig:
     graphmae_mask_rate: float = 0.5
     graphmae_learning_rate: float = 1e-3
     graphmae_weight_decay: float = 2e-4
+    workdir: str | None = None
 
     def __post_init__(self):
         if self.model not in MODEL_NAMES:
@@ -108,13 +131,32 @@ def _features(x):
 
 
 def train_node_baseline(
-    ds: NodeDataset, cfg: BaselineConfig, *, splits: list[int] | None = None, progress=True
+    ds: NodeDataset,
+    cfg: BaselineConfig,
+    *,
+    splits: list[int] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Trains ``cfg.model`` once per split and returns per-split and aggregate test accuracy.
 
+    Args:
+      ds: a node-classification dataset with splits.
+      cfg: the run's settings (``cfg.workdir``: checkpoints and per-split results).
+      splits: which splits (default: all).
+      resume: continue the run in ``cfg.workdir``: finished splits are read back, not retrained;
+        an unfinished one continues from its newest checkpoint.
+      overwrite: a fresh run may replace an earlier run's checkpoints in ``cfg.workdir``.
+      progress: a progress bar over the splits.
+
     Returns:
       ``{"model", "dataset", "per_split": [{"split", "val_accuracy", "test_accuracy",
-      "best_epoch"}], "test_accuracy_mean", "test_accuracy_std"}``.
+      "best_epoch"}], "test_accuracy_mean", "test_accuracy_std"}``; a run stopped by SIGTERM /
+      SIGINT also has ``"preempted": True`` and only the splits it finished.
+
+    Raises:
+      ValueError: not a classification dataset, no splits, or a graph too large for ``gps``.
     """
     if ds.task != "classification":
         raise ValueError(f"{ds.name}: baselines here are node classifiers, task is {ds.task!r}")
@@ -126,89 +168,131 @@ def train_node_baseline(
             f"{ds.name}: model 'gps' attends over all node pairs; the graph has {ds.num_nodes} "
             f"nodes > BaselineConfig.gps_max_nodes={cfg.gps_max_nodes}"
         )
-    x = _features(ds.x)
-    s, r, w = gcn_norm(ds.senders, ds.receivers, ds.num_nodes)
-    legacy = cfg.model in MODELS
-    if not legacy:  # symmetrised edges, without gcn_norm's self loops
-        keep = s != r
-        s, r, w = s[keep], r[keep], w[keep]
-    s, r, w = (jnp.asarray(a) for a in (s, r, w))
-    y = jnp.asarray(np.maximum(ds.y, 0), jnp.int32)
-    all_masks = {i: _split_masks(ds, i) for i in chosen}
+    s, r, _ = gcn_norm(ds.senders, ds.receivers, ds.num_nodes)
+    keep = s != r  # symmetrised and deduplicated, without gcn_norm's self loops
+    graph = {
+        "x": _features(ds.x),
+        "senders": jnp.asarray(s[keep]),
+        "receivers": jnp.asarray(r[keep]),
+        "y": jnp.asarray(np.maximum(ds.y, 0), jnp.int32),
+    }
+    graph = jax.device_put(graph)  # step arguments, not constants folded into the program
+    bar = tqdm(chosen, desc=f"{cfg.model} {ds.name}", disable=not progress, leave=False)
     if cfg.model == "graphmae":
-        results = _graphmae_results(ds, cfg, x, s, r, y, all_masks, progress)
+        results = _graphmae_results(ds, cfg, graph, bar, resume=resume, overwrite=overwrite)
         return _summary(cfg, ds, results)
-    if legacy:
-        model = MODELS[cfg.model](
-            hidden=cfg.hidden, num_classes=ds.num_classes, depth=cfg.depth, dropout=cfg.dropout
+    model = GNN(
+        cfg.model,
+        hidden=cfg.hidden,
+        num_classes=ds.num_classes,
+        depth=cfg.depth,
+        dropout=cfg.dropout,
+        heads=cfg.heads,
+    )
+
+    def init(key):
+        return model.init(key, graph["x"], graph["senders"], graph["receivers"])["params"]
+
+    opt = OptimizerConfig(
+        name="adamw", learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, clip_norm=None
+    )
+    tx = make_optimizer(opt.for_run(cfg.epochs), jax.eval_shape(init, jax.random.key(0)))
+    create = lambda key: TrainState.create(init(key), tx)
+    shardings = state_shardings_for(jax.eval_shape(create, jax.random.key(0)), default_mesh())
+    create = jax.jit(create, out_shardings=shardings)  # the state is created sharded
+    # One step (one compilation) for every split.
+    train_step = make_train_step(_loss_fn(model), tx, state_shardings=shardings)
+    accuracy = make_eval_step(_accuracy_fn(model))
+
+    def train_split(i: int, workdir: Path | None) -> dict:
+        train_mask, val_mask, test_mask = _split_masks(ds, i)
+        rng, init_key = jax.random.split(jax.random.key(cfg.seed * 1000 + i))
+        select = Select(metric="accuracy", mode="max")
+        fitted = fit(
+            create(init_key),
+            train_step,
+            RepeatBatches({**graph, "mask": train_mask}),
+            total_steps=cfg.epochs,
+            rng=rng,
+            steps_per_epoch=1,
+            evaluate=lambda p: {"accuracy": accuracy(p, graph, val_mask)},
+            select=select,
+            workdir=workdir,
+            checkpoint_every=_checkpoint_every(cfg.epochs),
+            resume=resume,
+            overwrite=overwrite,
+            run_info=_run_info(cfg, ds, i),
+            log_stream=None,
+            progress=False,
+            desc=f"{cfg.model} {ds.name} split {i}",
         )
-    else:
-        model = GNN(
-            cfg.model,
-            hidden=cfg.hidden,
-            num_classes=ds.num_classes,
-            depth=cfg.depth,
-            dropout=cfg.dropout,
-            heads=cfg.heads,
-        )
-    tx = optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
+        if fitted.preempted:
+            return {"split": i, "preempted": True}
+        best = jax.device_put(fitted.best_params, shardings.params)  # as the evaluations saw them
+        return {
+            "split": i,
+            "val_accuracy": float(select.best),
+            "test_accuracy": float(accuracy(best, graph, test_mask)),
+            "best_epoch": int(select.best_epoch),
+        }
 
-    graph = (x, s, r, w, y)  # jit arguments, not closure constants (XLA would fold them)
-
-    def forward(params, graph, **kw):
-        x, s, r, w, _ = graph
-        if legacy:
-            return model.apply(params, x, s, r, w, **kw)
-        return model.apply(params, x, s, r, **kw)
-
-    def loss_fn(params, mask, key, graph):
-        logits = forward(params, graph, deterministic=False, rngs={"dropout": key})
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, graph[-1])
-        return jnp.sum(ce * mask) / jnp.maximum(mask.sum(), 1)
-
-    @jax.jit
-    def step(params, opt_state, mask, key, graph):
-        loss, g = jax.value_and_grad(loss_fn)(params, mask, key, graph)
-        updates, opt_state = tx.update(g, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    @jax.jit
-    def accuracies(params, masks, graph):
-        pred = forward(params, graph).argmax(-1)
-        hit = (pred == graph[-1]).astype(jnp.float32)
-        return (masks * hit).sum(-1) / jnp.maximum(masks.sum(-1), 1)
-
-    results = []
-    for i in tqdm(chosen, desc=f"{cfg.model} {ds.name}", disable=not progress, leave=False):
-        masks = all_masks[i]
-        key = jax.random.key(cfg.seed * 1000 + i)
-        key, init_key = jax.random.split(key)
-        params = model.init(init_key, x, s, r, w) if legacy else model.init(init_key, x, s, r)
-        opt_state = tx.init(params)
-        best = (-1.0, 0.0, -1)
-        for epoch in range(cfg.epochs):
-            key, k = jax.random.split(key)
-            params, opt_state, _ = step(params, opt_state, masks[0], k, graph)
-            _, val, test = (float(a) for a in accuracies(params, masks, graph))
-            if val > best[0]:
-                best = (val, test, epoch)
-        results.append(
-            {"split": i, "val_accuracy": best[0], "test_accuracy": best[1], "best_epoch": best[2]}
-        )
+    results = run_splits(cfg.workdir, bar, train_split, resume=resume)
     return _summary(cfg, ds, results)
+
+
+def _checkpoint_every(epochs: int) -> int:
+    """About ten checkpoints a split: a full-graph step is cheap next to a save."""
+    return max(epochs // 10, 1)
+
+
+def _forward(model: GNN, params, graph, **kw):
+    return model.apply({"params": params}, graph["x"], graph["senders"], graph["receivers"], **kw)
+
+
+def _loss_fn(model: GNN):
+    """Mean cross-entropy over the training nodes (``batch["mask"]``) of the whole graph."""
+
+    def loss_fn(params, batch, rng, train):
+        logits = _forward(model, params, batch, deterministic=not train, rngs={"dropout": rng})
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])  # [N]
+        mask = batch["mask"]
+        return jnp.sum(ce * mask) / jnp.maximum(mask.sum(), 1), {}
+
+    return loss_fn
+
+
+def _accuracy_fn(model: GNN):
+    """``(params, graph, mask [N]) -> accuracy`` over the nodes of ``mask`` (deterministic)."""
+
+    def accuracy(params, graph, mask):
+        hit = (_forward(model, params, graph).argmax(-1) == graph["y"]).astype(jnp.float32)
+        return jnp.sum(hit * mask) / jnp.maximum(mask.sum(), 1)
+
+    return accuracy
+
+
+def _run_info(cfg: BaselineConfig, ds: NodeDataset, split: int) -> dict:
+    """What a resumed split must repeat: the config (not its workdir), the dataset, the split."""
+    info = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workdir"}
+    return {"baseline": info, "dataset": ds.name, "num_nodes": ds.num_nodes, "split": split}
 
 
 def _split_masks(ds: NodeDataset, i: int):
     """``[3, N]`` float train / val / test masks of split ``i``, unlabelled nodes excluded."""
     sp_ = ds.splits[i]
     labelled = ds.y >= 0
-    return jnp.asarray(
-        np.stack([sp_.train & labelled, sp_.val & labelled, sp_.test & labelled]), jnp.float32
+    return jax.device_put(
+        np.stack([sp_.train & labelled, sp_.val & labelled, sp_.test & labelled]).astype(np.float32)
     )
 
 
-def _graphmae_results(ds, cfg: BaselineConfig, x, s, r, y, all_masks, progress) -> list[dict]:
-    """Pretrains GraphMAE once (seed ``cfg.seed``), then one linear probe per split."""
+def _graphmae_results(ds, cfg: BaselineConfig, graph, splits, *, resume, overwrite) -> list[dict]:
+    """Pretrains GraphMAE once (seed ``cfg.seed``), then one linear probe per split.
+
+    The pretraining (``WORKDIR/graphmae_pretrain``) and the embeddings run only when a split
+    still needs its probe.
+    """
+    x = graph["x"]
     if isinstance(x, jsparse.BCOO):
         x = x.todense()  # the reconstruction target is dense anyway
     model = GraphMAE(
@@ -217,41 +301,62 @@ def _graphmae_results(ds, cfg: BaselineConfig, x, s, r, y, all_masks, progress) 
         heads=cfg.heads,
         mask_rate=cfg.graphmae_mask_rate,
     )
-    params, _ = pretrain_graphmae(
-        model,
-        x,
-        s,
-        r,
-        epochs=cfg.graphmae_epochs,
-        learning_rate=cfg.graphmae_learning_rate,
-        weight_decay=cfg.graphmae_weight_decay,
-        seed=cfg.seed,
-    )
-    emb = jax.jit(lambda p, x, s, r: model.apply(p, x, s, r, method=GraphMAE.encode))(
-        params, x, s, r
-    )
-    results = []
-    for i, masks in tqdm(all_masks.items(), desc=f"probe {ds.name}", disable=not progress):
+    s, r = graph["senders"], graph["receivers"]
+    cache: dict = {}
+
+    def embeddings():
+        if "emb" not in cache:
+            params, losses = pretrain_graphmae(
+                model,
+                x,
+                s,
+                r,
+                epochs=cfg.graphmae_epochs,
+                learning_rate=cfg.graphmae_learning_rate,
+                weight_decay=cfg.graphmae_weight_decay,
+                seed=cfg.seed,
+                workdir=None if cfg.workdir is None else Path(cfg.workdir) / "graphmae_pretrain",
+                resume=resume,
+                overwrite=overwrite,
+            )
+            if len(losses) < cfg.graphmae_epochs:  # stopped by SIGTERM / SIGINT (saved)
+                return None
+            encode = jax.jit(lambda p, x, s, r: model.apply(p, x, s, r, method=GraphMAE.encode))
+            cache["emb"] = encode(params, x, s, r)
+        return cache["emb"]
+
+    def train_split(i: int, workdir: Path | None) -> dict:
+        emb = embeddings()
+        if emb is None:
+            return {"split": i, "preempted": True}
         probe = linear_probe(
             emb,
-            y,
-            masks,
+            graph["y"],
+            _split_masks(ds, i),
             ds.num_classes,
             epochs=cfg.epochs,
             learning_rate=cfg.learning_rate,
             weight_decay=cfg.weight_decay,
             seed=cfg.seed * 1000 + i,
+            workdir=workdir,
+            resume=resume,
+            overwrite=overwrite,
         )
-        results.append({"split": i, **probe})
-    return results
+        return {"split": i, **probe}
+
+    return run_splits(cfg.workdir, splits, train_split, resume=resume)
 
 
 def _summary(cfg: BaselineConfig, ds: NodeDataset, results: list[dict]) -> dict:
-    tests = np.array([res["test_accuracy"] for res in results])
-    return {
+    done = [res for res in results if not res.get("preempted")]
+    tests = np.array([res["test_accuracy"] for res in done])
+    summary = {
         "model": cfg.model,
         "dataset": ds.name,
-        "per_split": results,
-        "test_accuracy_mean": float(tests.mean()),
-        "test_accuracy_std": float(tests.std()),
+        "per_split": done,
+        "test_accuracy_mean": float(tests.mean()) if done else float("nan"),
+        "test_accuracy_std": float(tests.std()) if done else float("nan"),
     }
+    if len(done) < len(results):
+        summary["preempted"] = True
+    return summary

@@ -1,4 +1,4 @@
-"""The GNN stack (every kind) and the new kinds in train_node_baseline."""
+"""The GNN stack (every kind of the one registry) and those kinds in train_node_baseline."""
 
 import jax
 import jax.numpy as jnp
@@ -25,30 +25,51 @@ def test_sparse_and_dense_features_give_the_same_logits(kind):
     assert float(jnp.abs(dense).sum()) > 0
 
 
-def test_gnn_gcn_kind_equals_the_reference_gcn_module():
-    from jaxfm.baselines import GCN
-    from jaxfm.baselines.gcn import gcn_norm
+def _path_graph(n=6, seed=1):
+    x = jnp.asarray(np.random.default_rng(seed).normal(size=(n, 4)), jnp.float32)
+    s, r = np.arange(n - 1), np.arange(1, n)
+    return x, np.r_[s, r].astype(np.int32), np.r_[r, s].astype(np.int32)
 
-    rng = np.random.default_rng(1)
-    n = 6
-    x = jnp.asarray(rng.normal(size=(n, 4)), jnp.float32)
-    s, r, w = gcn_norm(np.arange(n - 1), np.arange(1, n), n)
-    ref = GCN(hidden=5, num_classes=3)
-    p = ref.init(jax.random.key(0), x, s, r, w)["params"]
+
+def test_gnn_gcn_kind_equals_two_gcn_norm_propagations():
+    """``GNN("gcn")`` = Kipf & Welling's ``A_hat relu(A_hat X W0 + b0) W1 + b1`` (eq. 9)."""
+    from jaxfm.baselines.gcn import gcn_norm, gcn_propagate
+
+    x, s, r = _path_graph()
+    n = x.shape[0]
     gnn = GNN("gcn", hidden=5, num_classes=3)
-    mapped = {
-        f"layer_{i}": {
-            "linear": {"kernel": p[f"layer_{i}"]["kernel"]},
-            "bias": p[f"layer_{i}"]["bias"],
-        }
-        for i in range(2)
-    }
-    np.testing.assert_allclose(
-        gnn.apply({"params": mapped}, x, jnp.asarray(s), jnp.asarray(r)),
-        ref.apply({"params": p}, x, s, r, w),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    p = gnn.init(jax.random.key(0), x, jnp.asarray(s), jnp.asarray(r))["params"]
+    ns, nr, nw = (jnp.asarray(a) for a in gcn_norm(s, r, n))
+
+    def layer(h, i):
+        h = gcn_propagate(h @ p[f"layer_{i}"]["linear"]["kernel"], ns, nr, nw, n)
+        return h + p[f"layer_{i}"]["bias"]
+
+    expect = layer(jax.nn.relu(layer(x, 0)), 1)
+    got = gnn.apply({"params": p}, x, jnp.asarray(s), jnp.asarray(r))
+    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_gnn_mlp_kind_is_a_plain_mlp_that_ignores_the_edges():
+    x, s, r = _path_graph()
+    gnn = GNN("mlp", hidden=5, num_classes=3)
+    p = gnn.init(jax.random.key(0), x, jnp.asarray(s), jnp.asarray(r))["params"]
+    lin = [p[f"layer_{i}"]["linear"] for i in range(2)]
+    expect = jax.nn.relu(x @ lin[0]["kernel"] + lin[0]["bias"]) @ lin[1]["kernel"] + lin[1]["bias"]
+    none = jnp.zeros((0,), jnp.int32)
+    np.testing.assert_allclose(gnn.apply({"params": p}, x, s, r), expect, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(gnn.apply({"params": p}, x, none, none), expect, rtol=1e-6)
+
+
+def test_one_kind_registry_serves_every_stack():
+    from jaxfm.baselines import GNN_KINDS, LAYERS, MESSAGE_PASSING_KINDS, layer_class
+    from jaxfm.baselines.gcn import GCNLayer
+
+    assert KINDS == tuple(LAYERS) and MODEL_NAMES == (*KINDS, "graphmae")
+    assert GNN_KINDS == MESSAGE_PASSING_KINDS == tuple(k for k in KINDS if k != "mlp")
+    assert layer_class("gcn") is GCNLayer
+    with pytest.raises(ValueError, match="kind must be one of"):
+        layer_class("mlp", MESSAGE_PASSING_KINDS)
 
 
 def test_gnn_rejects_bad_configuration():

@@ -14,6 +14,7 @@ from jaxfm.baselines.graphmae import (
 )
 from jaxfm.data.graph_dataset import NodeDataset, Split
 from jaxfm.train.node_baselines import BaselineConfig, train_node_baseline
+from jaxfm.train.trainer import read_metrics
 
 
 def test_sce_loss_exact_small_case():
@@ -63,22 +64,44 @@ def test_pretraining_loss_decreases_on_a_tiny_graph():
     assert losses[-10:].mean() < 0.8 * losses[:10].mean()
 
 
-def test_linear_probe_separable_embeddings():
+def test_pretraining_in_a_workdir_is_the_same_run_and_a_finished_one_resumes_as_is(tmp_path):
+    x, s, r, _ = _labelled_graph(n=30)
+    model = GraphMAE(x.shape[1], hidden=8, heads=2)
+    args = (model, jnp.asarray(x), jnp.asarray(s), jnp.asarray(r))
+    plain, plain_losses = pretrain_graphmae(*args, epochs=6, seed=3)
+    wd = tmp_path / "pretrain"
+    params, losses = pretrain_graphmae(*args, epochs=6, seed=3, workdir=wd)
+    again, again_losses = pretrain_graphmae(*args, epochs=6, seed=3, workdir=wd, resume=True)
+    assert losses.shape == (6,) and np.array_equal(losses, plain_losses)
+    assert np.array_equal(again_losses, losses)  # the whole run's losses, from metrics.jsonl
+    for a, b, c in zip(*(jax.tree.leaves(p) for p in (plain, params, again)), strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(b, c)
+
+
+def test_linear_probe_separable_embeddings_selects_the_first_best_epoch(tmp_path):
     rng = np.random.default_rng(0)
     y = np.arange(60) % 3
     emb = np.eye(3)[y] * 3 + rng.normal(size=(60, 3)) * 0.1
     masks = np.stack(
         [np.arange(60) < 30, (np.arange(60) >= 30) & (np.arange(60) < 45), np.arange(60) >= 45]
     )
-    res = linear_probe(emb, y, masks, 3, epochs=100)
+    res = linear_probe(emb, y, masks, 3, epochs=100, workdir=tmp_path)
     assert res["test_accuracy"] == 1.0 and res["val_accuracy"] == 1.0
+    val = [rec["val_accuracy"] for rec in read_metrics(tmp_path)]
+    assert len(val) == 100
+    # Select's rule: the best validation accuracy, ties kept at the earlier epoch.
+    assert res["best_epoch"] == int(np.argmax(val)) and res["val_accuracy"] == max(val)
 
 
 def test_graphmae_probe_beats_chance_through_train_node_baseline():
     x, s, r, y = _labelled_graph()
     n = len(y)
     idx = np.arange(n)
-    split = Split(train=idx % 3 == 0, val=idx % 3 == 1, test=idx % 3 == 2)
+    # Stratified: every split holds every class (y = idx % 3, so idx % 3 would put one class in
+    # each split, and the probe could only pass by luck of the initialisation).
+    part = (idx // 3) % 3
+    split = Split(train=part == 0, val=part == 1, test=part == 2)
     ds = NodeDataset(
         name="tiny", senders=s, receivers=r, num_nodes=n, x=x, y=y, num_classes=3, splits=(split,)
     )
