@@ -9,6 +9,7 @@ coordinates) and splits recordings.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,6 @@ from jaxfm.graph import (
 __all__ = ["DataOptions", "FIMPData", "prepare_fimp_data"]
 
 SYNTHETIC = "synthetic"
-_A424_CANDIDATES = (
-    Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "fmri" / "A424_Coordinates.dat",
-    Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "data" / "A424_Coordinates.dat",
-)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -314,12 +311,11 @@ def _great_circle_knn(latlon: np.ndarray, k: int):
 
 
 def _a424_path() -> Path:
-    for p in _A424_CANDIDATES:
-        if p.is_file():
-            return p
-    raise FileNotFoundError(
-        "A424 atlas coordinates not found; looked in " + ", ".join(str(p) for p in _A424_CANDIDATES)
-    )
+    """The A424 atlas coordinates shipped with jaxfm (package data, Apache-2.0, from BrainLM)."""
+    path = Path(str(importlib.resources.files("jaxfm.data") / "atlases" / "A424_Coordinates.dat"))
+    if not path.is_file():
+        raise FileNotFoundError(f"the A424 atlas package data is missing ({path}); reinstall jaxfm")
+    return path
 
 
 def _fmri(data: str, opts: DataOptions) -> FIMPData:
