@@ -52,29 +52,36 @@ class Variant:
     row_width: int = 0
     chunk: int = 0
     dtype: str = "float32"  # of q, k, v (jax only)
+    cpu_devices: int = 1  # jax grouped: CPU devices the row chunks are split over (cpu_shards)
 
     @property
     def name(self) -> str:
         if self.lib == "torch":
             return "torch (gather+SDPA+index_add_)"
         suffix = "" if self.dtype == "float32" else f" {self.dtype}"
+        if self.cpu_devices > 1:
+            suffix += f" cpu_shards={self.cpu_devices}"
         if self.impl == "grouped":
             return f"jax grouped W={self.row_width} chunk={self.chunk}{suffix}"
         return f"jax per_edge chunk={self.chunk}{suffix}"
 
 
+# grouped entries: (row width W, chunk) or (W, chunk, CPU devices)
 GRIDS = {
     "small": [
-        (Problem(256, 2048, 16, 4, 16), [(4, 64), (8, 128)], [256]),
+        (Problem(256, 2048, 16, 4, 16), [(4, 64), (8, 128), (4, 64, 2)], [256]),
+    ],
+    "shards": [
+        (Problem(2048, 16384, 32, 4, 32), [(4, 128), (4, 128, 2), (2, 128, 2), (4, 512, 2)], []),
     ],
     "full": [
         (
             Problem(2048, 16384, 32, 4, 32),
-            [(4, 64), (4, 128), (4, 512), (4, 2048), (2, 128), (8, 128), (16, 256)],
+            [(4, 64), (4, 128), (4, 512), (4, 2048), (2, 128), (8, 128), (16, 256), (4, 128, 2)],
             [256],
         ),
-        (Problem(1024, 16384, 16, 4, 32), [(4, 128), (8, 128)], [512]),
-        (Problem(512, 4096, 64, 4, 32), [(4, 64), (8, 64)], [64]),
+        (Problem(1024, 16384, 16, 4, 32), [(4, 128), (8, 128), (4, 128, 2)], [512]),
+        (Problem(512, 4096, 64, 4, 32), [(4, 64), (8, 64), (4, 64, 2)], [64]),
     ],
 }
 
@@ -114,6 +121,8 @@ def _jax_worker():
         msg = json.loads(line)
         if msg["cmd"] == "setup":
             cfg, var = msg["config"], msg["variant"]
+            if var["cpu_devices"] > 1:  # before the backend starts (first array below)
+                jax.config.update("jax_num_cpu_devices", var["cpu_devices"])
             senders, receivers, q, k, v = make_graph(cfg)
             q, k, v = (jnp.asarray(x, var["dtype"]) for x in (q, k, v))
             args = (q, k, v, jnp.asarray(senders), jnp.asarray(receivers))
@@ -128,6 +137,7 @@ def _jax_worker():
                     implementation=var["impl"],
                     row_width=var["row_width"] or None,
                     edge_chunk_size=var["chunk"],
+                    cpu_shards=var["cpu_devices"] if var["impl"] == "grouped" else None,
                 )
                 out = out.astype(jnp.float32)
                 return 0.5 * jnp.sum(out * out)  # needs the forward output, like a real loss
@@ -140,6 +150,7 @@ def _jax_worker():
                 "ok": True,
                 "backend": jax.default_backend(),
                 "device": str(jax.devices()[0]),
+                "devices": len(jax.devices()),
                 "version": jax.__version__,
                 "temp_mb": None if mem is None else mem.temp_size_in_bytes / 2**20,
                 "dense_gflops": dense_rate(),
@@ -194,7 +205,7 @@ class Worker:
 
 def _variants(problem_grid, with_torch: bool, gpu: bool):
     problem, grouped, per_edge = problem_grid
-    out = [Variant("jax", "grouped", w, c) for w, c in grouped]
+    out = [Variant("jax", "grouped", g[0], g[1], cpu_devices=(*g, 1)[2]) for g in grouped]
     out += [Variant("jax", "per_edge", 0, c) for c in per_edge]
     if gpu:  # cuDNN flash path through jaxfm.ops.attention (cuDNN needs bf16/fp16)
         out.append(Variant("jax", "per_edge", 0, 4096, "bfloat16"))

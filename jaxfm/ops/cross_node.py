@@ -39,12 +39,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from jaxfm.ops.attention import attention, cudnn_supported
 
 __all__ = [
     "cross_node_attention",
     "cross_node_attention_reference",
+    "default_cpu_shards",
 ]
 
 _AGGREGATIONS = ("mean", "sum")
@@ -52,6 +55,7 @@ _IMPLEMENTATIONS = (None, "grouped", "per_edge")
 DEFAULT_ROW_WIDTH = 4  # neighbour slots per row of the grouped implementation (benchmarked)
 DEFAULT_EDGE_CHUNK_SIZE = 128  # edges (grouped: row slots) per scan step (benchmarked)
 _PROMISE = lax.GatherScatterMode.PROMISE_IN_BOUNDS
+_SHARD_AXIS = "cross_node_cpu"
 
 
 # ----------------------------------------------------------------------------- validation
@@ -193,7 +197,7 @@ def _grouped_fwd_scan(q, k, v, tables, h, w, c, nch, with_lse):
     Returns the row sums scattered to ``[N*H, Lq, Dh]`` and, if asked, the per-block log-sum-exp
     ``[C, H, W, Lq]`` of every chunk (``+inf`` for an empty block; Lk times smaller than scores).
     """
-    send, slot_ok, recv, rows_used, kv_mask = tables
+    ids, send, slot_ok, recv, rows_used, kv_mask = tables
     nh, lq, _ = q.shape
     lk, dv = v.shape[1:]
     b = c * h
@@ -235,7 +239,7 @@ def _grouped_fwd_scan(q, k, v, tables, h, w, c, nch, with_lse):
         return out, (lse if with_lse else None)
 
     out0 = jnp.zeros((nh, lq, dv), jnp.float32)
-    return lax.scan(body, out0, (jnp.arange(nch), send, slot_ok, recv))
+    return lax.scan(body, out0, (ids, send, slot_ok, recv))
 
 
 def _grouped_bwd_scan(q, k, v, tables, lse, g, h, w, c, nch):
@@ -244,7 +248,7 @@ def _grouped_bwd_scan(q, k, v, tables, lse, g, h, w, c, nch):
     Works on transposed scores ``S^T [C, H, W, Lk, Lq]`` so that dV = P^T dO and dK = dS^T Q are
     plain matmuls; dQ = dS K needs dS, one in-cache transpose per chunk.
     """
-    send, slot_ok, recv, rows_used, kv_mask = tables
+    ids, send, slot_ok, recv, rows_used, kv_mask = tables
     nh, lq, dh = q.shape
     lk, dv = v.shape[1:]
     b = c * h
@@ -283,23 +287,67 @@ def _grouped_bwd_scan(q, k, v, tables, lse, g, h, w, c, nch):
         return carry, None
 
     carry0 = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v))
-    carry, _ = lax.scan(body, carry0, (jnp.arange(nch), send, slot_ok, recv, lse))
+    carry, _ = lax.scan(body, carry0, (ids, send, slot_ok, recv, lse))
     return carry
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _grouped_core(q, k, v, tables, h, w, c, nch):
-    return _grouped_fwd_scan(q, k, v, tables, h, w, c, nch, with_lse=False)[0]
+@functools.lru_cache(maxsize=8)
+def _cpu_mesh(shards: int) -> Mesh:
+    return Mesh(np.array(jax.local_devices(backend="cpu")[:shards]), (_SHARD_AXIS,))
 
 
-def _grouped_core_fwd(q, k, v, tables, h, w, c, nch):
-    out, lse = _grouped_fwd_scan(q, k, v, tables, h, w, c, nch, with_lse=True)
+def _table_specs(tables):
+    """Chunk tables split over the shards; rows_used and the key mask replicated."""
+    split, rep = P(_SHARD_AXIS), P()
+    return (split, split, split, split, rep, None if tables[5] is None else rep)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _grouped_core(q, k, v, tables, h, w, c, nch, shards):
+    if shards == 1:
+        return _grouped_fwd_scan(q, k, v, tables, h, w, c, nch, with_lse=False)[0]
+    return _grouped_core_fwd(q, k, v, tables, h, w, c, nch, shards)[0]
+
+
+def _grouped_core_fwd(q, k, v, tables, h, w, c, nch, shards):
+    if shards == 1:
+        out, lse = _grouped_fwd_scan(q, k, v, tables, h, w, c, nch, with_lse=True)
+        return out, (q, k, v, tables, lse)
+
+    # each CPU device scans its share of the row chunks; the partial sums add up over devices
+    def body(q, k, v, t):
+        out, lse = _grouped_fwd_scan(q, k, v, t, h, w, c, nch // shards, with_lse=True)
+        return lax.psum(out, _SHARD_AXIS), lse
+
+    rep, split = P(), P(_SHARD_AXIS)
+    out, lse = jax.shard_map(
+        body,
+        mesh=_cpu_mesh(shards),
+        in_specs=(rep, rep, rep, _table_specs(tables)),
+        out_specs=(rep, split),
+        check_vma=False,
+    )(q, k, v, tables)
     return out, (q, k, v, tables, lse)
 
 
-def _grouped_core_bwd(h, w, c, nch, res, g):
+def _grouped_core_bwd(h, w, c, nch, shards, res, g):
     q, k, v, tables, lse = res
-    dq, dk, dv = _grouped_bwd_scan(q, k, v, tables, lse, g, h, w, c, nch)
+    if shards == 1:
+        dq, dk, dv = _grouped_bwd_scan(q, k, v, tables, lse, g, h, w, c, nch)
+    else:
+
+        def body(q, k, v, t, lse, g):
+            grads = _grouped_bwd_scan(q, k, v, t, lse, g, h, w, c, nch // shards)
+            return tuple(lax.psum(x, _SHARD_AXIS) for x in grads)
+
+        rep, split = P(), P(_SHARD_AXIS)
+        dq, dk, dv = jax.shard_map(
+            body,
+            mesh=_cpu_mesh(shards),
+            in_specs=(rep, rep, rep, _table_specs(tables), split, rep),
+            out_specs=(rep, rep, rep),
+            check_vma=False,
+        )(q, k, v, tables, lse, g)
     return dq, dk, dv, jax.tree.map(lambda _: None, tables)
 
 
@@ -312,7 +360,7 @@ def _node_head_major(x):
     return jnp.swapaxes(x, 1, 2).reshape(n * h, length, d)
 
 
-def _grouped(q, k, v, senders, receivers, kv_mask, edge_valid, w, chunk):
+def _grouped(q, k, v, senders, receivers, kv_mask, edge_valid, w, chunk, shards):
     """Returns the per-receiver float32 sum ``[N, Lq, H, Dh]`` and the valid in-degree ``[N]``."""
     n, lq, h, dh = q.shape
     dv = v.shape[-1]
@@ -320,18 +368,23 @@ def _grouped(q, k, v, senders, receivers, kv_mask, edge_valid, w, chunk):
     r = max(1, (e + (w - 1) * min(n, e)) // w)  # >= sum_v ceil(deg_v / w)
     c = max(1, min(chunk // w, r))
     nch = -(-r // c)
+    shards = max(1, min(shards, nch))
+    nch = -(-nch // shards) * shards  # every shard scans as many chunks
     send, slot_ok, recv, rows_used, deg = _row_tables(senders, receivers, edge_valid, n, w, nch * c)
+    # shard s takes chunks s, s + S, s + 2S, ...: the rows in use (a prefix) spread evenly
+    order = np.arange(nch).reshape(nch // shards, shards).T.reshape(-1)
     tables = (
-        send.reshape(nch, c, w),
-        slot_ok.reshape(nch, c, w),
-        recv.reshape(nch, c),
+        jnp.asarray(order, jnp.int32),
+        send.reshape(nch, c, w)[order],
+        slot_ok.reshape(nch, c, w)[order],
+        recv.reshape(nch, c)[order],
         rows_used,
         kv_mask,
     )
     f32 = jnp.float32
     qn = _node_head_major(q.astype(f32) * (1.0 / math.sqrt(dh)))
     kn, vn = _node_head_major(k.astype(f32)), _node_head_major(v.astype(f32))
-    out = _grouped_core(qn, kn, vn, tables, h, w, c, nch)  # [N*H, Lq, Dh]
+    out = _grouped_core(qn, kn, vn, tables, h, w, c, nch, shards)  # [N*H, Lq, Dh]
     return jnp.swapaxes(out.reshape(n, h, lq, dv), 1, 2), deg
 
 
@@ -369,17 +422,20 @@ def _per_edge(q, k, v, senders, receivers, kv_mask, edge_valid, chunk):
 # ----------------------------------------------------------------------------- public API
 
 
-@functools.partial(jax.jit, static_argnames=("aggregation", "implementation", "chunk", "w"))
+@functools.partial(
+    jax.jit, static_argnames=("aggregation", "implementation", "chunk", "w", "shards")
+)
 def _cross_node(
-    q, k, v, senders, receivers, kv_mask, edge_mask, *, aggregation, implementation, chunk, w
-):
+    q, k, v, senders, receivers, kv_mask, edge_mask, *, aggregation, implementation, chunk, w,
+    shards,
+):  # fmt: skip
     e = senders.shape[0]
     n, lq, h, _ = q.shape
     if e == 0 or n == 0:
         return jnp.zeros((n, lq, h, v.shape[-1]), q.dtype)
     edge_valid = jnp.ones((e,), bool) if edge_mask is None else edge_mask
     if implementation == "grouped":
-        out, deg = _grouped(q, k, v, senders, receivers, kv_mask, edge_valid, w, chunk)
+        out, deg = _grouped(q, k, v, senders, receivers, kv_mask, edge_valid, w, chunk, shards)
     else:
         out, deg = _per_edge(q, k, v, senders, receivers, kv_mask, edge_valid, chunk)
     if aggregation == "mean":
@@ -401,6 +457,7 @@ def cross_node_attention(
     edge_chunk_size: int | None = None,
     implementation: str | None = None,
     row_width: int | None = None,
+    cpu_shards: int | None = None,
 ):
     """Per-edge cross-attention between node token sequences, aggregated at the receivers.
 
@@ -429,6 +486,13 @@ def cross_node_attention(
         ``"per_edge"`` (see the module docstring). Static.
       row_width: neighbour slots per row of ``"grouped"`` (static performance knob; default
         ``DEFAULT_ROW_WIDTH``).
+      cpu_shards: CPU devices that ``"grouped"`` splits its row chunks over (a ``shard_map`` over
+        a 1-D mesh of local CPU devices; q/k/v replicated, partial sums added with ``psum``).
+        ``None``: all local CPU devices when the default backend is CPU, there is more than one
+        (e.g. ``jax.config.update("jax_num_cpu_devices", 2)`` before first use) and no mesh is
+        active (no ``jax.set_mesh`` / enclosing ``shard_map``); else 1. XLA:CPU runs each
+        device's program on its own thread, which is how both cores of a 2-core host get used.
+        Static.
 
     Returns:
       ``[N, Lq, H, Dh]`` aggregated messages in q's dtype (computed in float32).
@@ -465,7 +529,11 @@ def cross_node_attention(
         kv_mask,
         edge_mask,
         num_nodes,
-        extra=(("edge_chunk_size", edge_chunk_size), ("row_width", row_width)),
+        extra=(
+            ("edge_chunk_size", edge_chunk_size),
+            ("row_width", row_width),
+            ("cpu_shards", cpu_shards),
+        ),
     )
     if aggregation not in _AGGREGATIONS:
         _fail(
@@ -478,6 +546,12 @@ def cross_node_attention(
         )
     if implementation is None:
         implementation = "per_edge" if jax.default_backend() == "gpu" else "grouped"
+    shards = default_cpu_shards() if cpu_shards is None else int(cpu_shards)
+    if shards > 1 and shards > len(jax.local_devices(backend="cpu")):
+        _fail(
+            f"cross_node_attention: cpu_shards={shards} exceeds the "
+            f"{len(jax.local_devices(backend='cpu'))} local CPU devices"
+        )
     return _cross_node(
         q,
         k,
@@ -490,7 +564,15 @@ def cross_node_attention(
         implementation=implementation,
         chunk=int(edge_chunk_size or DEFAULT_EDGE_CHUNK_SIZE),
         w=int(row_width or DEFAULT_ROW_WIDTH),
+        shards=shards if implementation == "grouped" else 1,
     )
+
+
+def default_cpu_shards() -> int:
+    """CPU devices ``cross_node_attention`` uses by default (see its ``cpu_shards`` argument)."""
+    if jax.default_backend() != "cpu" or not jax.sharding.get_abstract_mesh().empty:
+        return 1
+    return len(jax.local_devices(backend="cpu"))
 
 
 def _as_index(x):

@@ -17,7 +17,7 @@ import jax
 
 from jaxfm.ops.attention import record_attention_calls
 
-__all__ = ["explain_attention", "format_explanation"]
+__all__ = ["attribute_calls", "explain_attention", "format_explanation"]
 
 _TARGET = re.compile(r'custom_call_target="([^"]+)"')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -102,8 +102,18 @@ def explain_attention(fn, *args, **kwargs) -> list[dict]:
     """
     with record_attention_calls() as calls:
         lowered = jax.jit(fn).lower(*args, **kwargs)
-    text = lowered.compile().as_text()
-    found = _scan(text, [c["tag"] for c in calls])
+    return attribute_calls(calls, lowered.compile().as_text())
+
+
+def attribute_calls(calls: list[dict], hlo_text: str) -> list[dict]:
+    """The rows of :func:`explain_attention` from recorded calls and a compiled HLO text.
+
+    Args:
+      calls: the records of :func:`~jaxfm.ops.attention.record_attention_calls` taken while
+        the program was traced.
+      hlo_text: ``compiled.as_text()`` of that program.
+    """
+    found = _scan(hlo_text, [c["tag"] for c in calls])
     backend = jax.default_backend()
     rows = []
     for i, c in enumerate(calls):
