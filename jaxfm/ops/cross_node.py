@@ -488,10 +488,11 @@ def cross_node_attention(
         ``DEFAULT_ROW_WIDTH``).
       cpu_shards: CPU devices that ``"grouped"`` splits its row chunks over (a ``shard_map`` over
         a 1-D mesh of local CPU devices; q/k/v replicated, partial sums added with ``psum``).
-        ``None``: all local CPU devices when the default backend is CPU, there is more than one
-        (e.g. ``jax.config.update("jax_num_cpu_devices", 2)`` before first use) and no mesh is
-        active (no ``jax.set_mesh`` / enclosing ``shard_map``); else 1. XLA:CPU runs each
-        device's program on its own thread, which is how both cores of a 2-core host get used.
+        ``None``: ``$JAXFM_CPU_SHARDS`` (opt-in; ``all`` = every local CPU device) when the
+        default backend is CPU and no mesh is active (no ``jax.set_mesh`` / enclosing
+        ``shard_map``); else 1. XLA:CPU runs each device's program on its own thread, which is
+        how both cores of a 2-core host can be used; it is opt-in until a benchmark on an idle
+        host shows it faster (``experiments/benchmarks/cross_node_attention.py --grid shards``).
         Static.
 
     Returns:
@@ -570,9 +571,18 @@ def cross_node_attention(
 
 def default_cpu_shards() -> int:
     """CPU devices ``cross_node_attention`` uses by default (see its ``cpu_shards`` argument)."""
-    if jax.default_backend() != "cpu" or not jax.sharding.get_abstract_mesh().empty:
+    import os
+
+    want = os.environ.get("JAXFM_CPU_SHARDS", "").strip()
+    if not want or jax.default_backend() != "cpu" or not jax.sharding.get_abstract_mesh().empty:
         return 1
-    return len(jax.local_devices(backend="cpu"))
+    devices = len(jax.local_devices(backend="cpu"))
+    if want == "all":
+        return devices
+    try:
+        return max(1, min(int(want), devices))
+    except ValueError:
+        raise ValueError(f"$JAXFM_CPU_SHARDS must be an integer or 'all', got {want!r}") from None
 
 
 def _as_index(x):

@@ -46,7 +46,12 @@ SCRIPT = textwrap.dedent(
 
 
 def test_two_cpu_devices_match_one():
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "JAX_NUM_CPU_DEVICES": "2",
+        "JAX_PLATFORMS": "cpu",
+        "JAXFM_CPU_SHARDS": "all",
+    }
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
