@@ -132,7 +132,7 @@ class Table:
 
 def _corpus(sizes: Sizes, base):
     from jaxfm.data.corpus import build_corpus
-    from jaxfm.graph.sbm import sbm_corpus
+    from jaxfm.data.sbm import sbm_corpus
 
     datasets = sbm_corpus(sizes.corpus, seed=0, node_range=sizes.node_range)
     return build_corpus(datasets, feature_dim=base.feature_dim, pe_dim=base.pe_dim,

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxfm.data.sbm import sbm_corpus
 from jaxfm.graph.saint import SaintSampler
-from jaxfm.graph.sbm import sbm_corpus
 from jaxfm.graph.snake import DistributedSSSampler, bucket_loads, random_partition, snake_partition
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -225,12 +225,12 @@ class Corpus:
 
     @property
     def dataset_specs(self) -> tuple:
-        """The dataset table as ``jaxfm.graphfm.config.DatasetSpec`` s (for ``GraphFMConfig``).
+        """The dataset table as ``jaxfm.graph.packed.DatasetSpec`` s (for ``GraphFMConfig``).
 
         Graph-classification sets appear with ``task="classification"`` and their number of
         graph classes (they carry no node targets; their labels reach the graph decoder).
         """
-        from jaxfm.graphfm.config import DatasetSpec
+        from jaxfm.graph.packed import DatasetSpec
 
         return tuple(
             DatasetSpec(

@@ -11,7 +11,7 @@
   programs per run.
 - **Packed graphs** (:class:`PackedGraphs`), for GraphFM: every graph a
   :class:`~jaxfm.data.packing.PackUnit` (corpus features and Laplacian PEs, as in pretraining),
-  packed whole, several per :class:`~jaxfm.graphfm.batch.PackedBatch`, by
+  packed whole, several per :class:`~jaxfm.graph.packed.PackedBatch`, by
   :func:`~jaxfm.data.packing.pack_bucket`.
 """
 
@@ -322,7 +322,7 @@ class PackedGraphs:
         return out
 
     def pack(self, units: list, c: int, chunk: np.ndarray, seed: Sequence[int]):
-        """One :class:`~jaxfm.graphfm.batch.PackedBatch` (numpy) of class ``c``'s budget."""
+        """One :class:`~jaxfm.graph.packed.PackedBatch` (numpy) of class ``c``'s budget."""
         from jaxfm.data.packing import pack_bucket
 
         return pack_bucket(

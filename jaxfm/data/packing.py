@@ -3,7 +3,7 @@
 A *unit* is what the sampler deals into buckets: a whole small graph or a GraphSAINT subgraph of a
 big one, already materialised (:class:`PackUnit`: its features, PE rows, local adjacency, labels
 and training mask). :func:`pack_bucket` concatenates a bucket's units into the packed layout of
-:mod:`jaxfm.graphfm.batch`:
+:mod:`jaxfm.graph.packed`:
 
 - units are ordered by ``(dataset, graph, position in the bucket)``, their rows contiguous, so
   rows are sorted by dataset (``group_sizes`` for ``jax.lax.ragged_dot``); unit ``g`` in that
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxfm.graphfm.batch import PackedBatch, check_packed_batch
+from jaxfm.graph.packed import PackedBatch, check_packed_batch
 
 __all__ = ["PackUnit", "PackingBudget", "allocate_targets", "pack_bucket"]
 
@@ -174,7 +174,7 @@ def pack_bucket(
       feature_dim: F (features are zero-padded to it).
       pe_dim: k (PEs are zero-padded to it).
       seed: seed (or seed sequence) of target and neighbour sampling.
-      check: run :func:`~jaxfm.graphfm.batch.check_packed_batch` on the result.
+      check: run :func:`~jaxfm.graph.packed.check_packed_batch` on the result.
 
     Returns:
       The packed batch (numpy leaves).

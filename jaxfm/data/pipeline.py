@@ -29,8 +29,8 @@ import numpy as np
 
 from jaxfm.data.corpus import Corpus, Unit
 from jaxfm.data.packing import PackingBudget, pack_bucket
+from jaxfm.graph.packed import PackedBatch
 from jaxfm.graph.snake import Assignment, DistributedSSSampler, bucket_loads
-from jaxfm.graphfm.batch import PackedBatch
 
 __all__ = ["PackedPipeline", "PipelineStateError", "stack_batches"]
 
@@ -143,7 +143,7 @@ class PackedPipeline:
     """Iterator of per-step packed buckets with checkpointable state.
 
     ``next(pipeline)`` returns this process's buckets of the next step: a list of
-    ``num_buckets / process_count`` :class:`~jaxfm.graphfm.batch.PackedBatch` es (numpy), or
+    ``num_buckets / process_count`` :class:`~jaxfm.graph.packed.PackedBatch` es (numpy), or
     one batch with a leading bucket axis when ``stack=True``.
 
     Args:
@@ -157,7 +157,7 @@ class PackedPipeline:
       shuffle: shuffle units every epoch.
       fill: share of a step's total capacity the sampler fills before dealing.
       stack: return one stacked batch instead of a list.
-      check: validate every packed batch (:func:`~jaxfm.graphfm.batch.check_packed_batch`).
+      check: validate every packed batch (:func:`~jaxfm.graph.packed.check_packed_batch`).
 
     Example:
       >>> # pipeline = PackedPipeline(corpus, budget=budget, num_buckets=8, seed=0)

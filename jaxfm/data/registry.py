@@ -1,8 +1,8 @@
 """Dataset registry: detect a graph dataset's format from a path, load it, or scan a folder.
 
 ``load_dataset(path)`` accepts a dataset file or folder in any supported format (or a registry
-name such as ``"heterophilous/chameleon"``, looked up under ``$JAXFM_DATASETS`` or
-``../shared/datasets``); ``find_datasets(root)`` lists every dataset under a folder, one
+name such as ``"heterophilous/chameleon"``, looked up under the ``root`` argument or
+``$JAXFM_DATASETS``); ``find_datasets(root)`` lists every dataset under a folder, one
 :class:`DatasetRef` per dataset (not per file), with cheap metadata.
 
 ========================  =========================================  ============================
@@ -122,11 +122,18 @@ class _Loc:
 
 
 def default_root() -> Path:
-    """``$JAXFM_DATASETS``, else ``../shared/datasets`` beside the repository checkout."""
+    """``$JAXFM_DATASETS``: where registry names are looked up when no ``root`` is given.
+
+    Raises:
+      FileNotFoundError: the variable is not set (the library never guesses a data folder).
+    """
     env = os.environ.get("JAXFM_DATASETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "datasets"
+    if not env:
+        raise FileNotFoundError(
+            "a registry name needs a dataset root: pass root=... or set $JAXFM_DATASETS to the "
+            "folder that holds the datasets (e.g. export JAXFM_DATASETS=../shared/datasets)"
+        )
+    return Path(env)
 
 
 def _family(name: str) -> str:

@@ -1,4 +1,5 @@
-"""Graph containers and batching, samplers (k-hop, GraphSAINT, snake), Laplacian PE, SBM graphs.
+"""Graph containers and batching, packed multi-graph batches, samplers (k-hop, GraphSAINT, snake),
+Laplacian PE.
 
 A batch is a ``jraph.GraphsTuple`` whose ``nodes`` is a dict of arrays with leading dim ``N``,
 padded to one of a few :class:`Budget` s (jraph's convention: one padding graph at the end owns the
@@ -27,7 +28,6 @@ from jaxfm.graph.neighbors import (
 )
 from jaxfm.graph.saint import SaintSampler
 from jaxfm.graph.sampling import KHopSubgraph, NodeBatchSampler, full_graph_batch, khop_subgraph
-from jaxfm.graph.sbm import SBMParams, homophily, sbm_corpus, sbm_graph
 from jaxfm.graph.snake import DistributedSSSampler, snake_partition
 from jaxfm.graph.validate import validate_graph
 
@@ -38,7 +38,6 @@ __all__ = [
     "KHopSubgraph",
     "LaplacianPECache",
     "NodeBatchSampler",
-    "SBMParams",
     "SaintSampler",
     "add_self_loops",
     "batch_graphs",
@@ -48,7 +47,6 @@ __all__ = [
     "graph_mask",
     "haversine_distance",
     "haversine_radius_graph",
-    "homophily",
     "khop_subgraph",
     "knn_graph",
     "laplacian_pe",
@@ -58,8 +56,6 @@ __all__ = [
     "pad_to_budget",
     "radius_graph",
     "remove_self_loops",
-    "sbm_corpus",
-    "sbm_graph",
     "snake_partition",
     "to_undirected",
     "validate_graph",

@@ -1,6 +1,6 @@
 """GraphFM: packed Perceiver encoder, node decoder and per-dataset heads (paper: GraphFM)."""
 
-from jaxfm.graphfm.batch import PackedBatch, check_packed_batch
+from jaxfm.graph.packed import PackedBatch, check_packed_batch
 from jaxfm.graphfm.config import VARIANTS, DatasetSpec, GraphFMConfig, graphfm_config
 from jaxfm.graphfm.losses import loss_and_metrics
 from jaxfm.graphfm.model import DATASET_SPECIFIC, GraphFM

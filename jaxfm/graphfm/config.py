@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxfm.graph.packed import TASKS, DatasetSpec
+
 __all__ = [
     "ATTENTION_PATHS",
     "FEATURE_MLP_PATHS",
@@ -33,7 +35,6 @@ __all__ = [
     "graphfm_config",
 ]
 
-TASKS = ("classification", "regression")
 _DTYPES = ("float32", "bfloat16")
 #: Packed cross-attention layouts: ``segment`` (one concatenated sequence + segment ids; XLA path,
 #: CPU/TPU), ``bucketed`` (graphs scattered into ``[G, S]`` with key lengths; cuDNN flash path on
@@ -51,43 +52,6 @@ def _require(cond: bool, msg: str) -> None:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DatasetSpec:
-    """One dataset of the table: input width, label space and task.
-
-    Attributes:
-      name: unique dataset name (as in the corpus).
-      num_features: input feature width (<= ``GraphFMConfig.feature_dim``).
-      num_classes: classes of a classification set (>= 1); a regression set may use 0.
-      task: ``"classification"`` or ``"regression"``.
-    """
-
-    name: str
-    num_features: int
-    num_classes: int
-    task: str = "classification"
-
-    def __post_init__(self):
-        _require(bool(self.name), "DatasetSpec.name must be non-empty")
-        _require(
-            _is_int(self.num_features) and self.num_features >= 1,
-            f"DatasetSpec {self.name!r}: num_features must be an int >= 1, got "
-            f"{self.num_features!r}",
-        )
-        _require(
-            self.task in TASKS,
-            f"DatasetSpec {self.name!r}: task must be one of {TASKS}, got {self.task!r}",
-        )
-        _require(
-            _is_int(self.num_classes) and self.num_classes >= 0,
-            f"DatasetSpec {self.name!r}: num_classes must be an int >= 0",
-        )
-        _require(
-            self.task != "classification" or self.num_classes >= 1,
-            f"DatasetSpec {self.name!r}: a classification set needs num_classes >= 1",
-        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxfm.graphfm.batch import PackedBatch
+from jaxfm.graph.packed import PackedBatch
 from jaxfm.graphfm.blocks import Block
 
 __all__ = ["NodeDecoder"]

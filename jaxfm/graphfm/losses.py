@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxfm.graphfm.batch import PackedBatch
+from jaxfm.graph.packed import PackedBatch
 from jaxfm.graphfm.config import GraphFMConfig
 
 __all__ = ["loss_and_metrics"]

@@ -1,6 +1,6 @@
 """The GraphFM model: tokens -> packed Perceiver encoder -> node decoder -> per-dataset heads.
 
-``GraphFM(config).apply({"params": p}, batch)`` on a :class:`~jaxfm.graphfm.batch.PackedBatch`
+``GraphFM(config).apply({"params": p}, batch)`` on a :class:`~jaxfm.graph.packed.PackedBatch`
 returns a dict: ``tokens [T, D]``, ``latents [G, K, D]``, ``node_embedding [Q, D]``,
 ``logits [Q, C]`` (float32), ``prediction [Q]`` (regression) and, with the graph decoder,
 ``graph_logits [G, C]``.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxfm.graphfm.batch import PackedBatch
+from jaxfm.graph.packed import PackedBatch
 from jaxfm.graphfm.config import GraphFMConfig
 from jaxfm.graphfm.decoder import NodeDecoder
 from jaxfm.graphfm.encoder import PerceiverEncoder
@@ -36,7 +36,7 @@ class GraphFM(nn.Module):
     and every returned array are float32.
 
     Shapes:
-      batch: a :class:`~jaxfm.graphfm.batch.PackedBatch` with T rows, G slots, Q targets ->
+      batch: a :class:`~jaxfm.graph.packed.PackedBatch` with T rows, G slots, Q targets ->
       ``tokens [T, D]``, ``latents [G, K, D]``, ``node_embedding [Q, D]``, ``logits [Q, C]``,
       ``prediction [Q]``, ``graph_logits [G, C]`` (graph decoder on).
     """

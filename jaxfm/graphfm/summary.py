@@ -27,7 +27,7 @@ import re
 import jax
 import numpy as np
 
-from jaxfm.graphfm.batch import PackedBatch
+from jaxfm.graph.packed import PackedBatch
 from jaxfm.graphfm.config import DatasetSpec, GraphFMConfig
 from jaxfm.graphfm.losses import loss_and_metrics
 from jaxfm.graphfm.model import DATASET_SPECIFIC, GraphFM

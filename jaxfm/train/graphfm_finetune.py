@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxfm.data.graph_dataset import NodeDataset, Split
+from jaxfm.data.whole_graph import WholeGraphBatcher
 from jaxfm.graphfm import DATASET_SPECIFIC, GraphFM, GraphFMConfig, loss_and_metrics
 from jaxfm.model_dir import load_model_dir, write_json_atomic
 from jaxfm.params import TransplantError, flatten, transplant
@@ -182,60 +183,6 @@ def splits_for(
     return [(i, splits[i]) for i in chosen]
 
 
-class _GraphBatcher:
-    """Packs the whole graph (one graph slot) with chosen target nodes into PackedBatches.
-
-    The graph goes through the same corpus preparation as pretraining (feature reduction to
-    ``feature_dim``, Laplacian PE), so a finetuned model sees inputs built exactly like the
-    pretraining ones.
-    """
-
-    def __init__(self, ds: NodeDataset, base: GraphFMConfig, num_targets: int, seed: int):
-        from jaxfm.data.corpus import Unit, build_corpus
-        from jaxfm.data.packing import PackingBudget
-
-        n = ds.num_nodes
-        rows = -(-n // 256) * 256
-        corpus = build_corpus(
-            [ds],
-            feature_dim=base.feature_dim,
-            pe_dim=base.pe_dim,
-            node_budget=rows,
-            max_unit_nodes=n,
-            seed=seed,
-        )
-        self.unit = corpus.materialize(Unit(0, None, n))
-        self.spec = corpus.dataset_specs[0]
-        self.base = base
-        self.budget = PackingBudget(
-            nodes=rows, graphs=1, targets=num_targets, neighbors=base.num_neighbors
-        )
-
-    def batch(self, nodes: np.ndarray, seed, *, dataset: int = 0, num_datasets: int = 1):
-        """``(batch, node_ids)``: targets = ``nodes`` (at most the target budget)."""
-        from jaxfm.data.packing import pack_bucket
-
-        mask = np.zeros(self.unit.num_nodes, bool)
-        mask[nodes] = True
-        # Only the chosen nodes are labelled inside this batch, so every one of them is a target.
-        unit = dataclasses.replace(
-            self.unit,
-            train_mask=mask,
-            labels=np.where(mask, np.maximum(self.unit.labels, 0), -1),
-            dataset=dataset,
-        )
-        b = pack_bucket(
-            [unit],
-            self.budget,
-            num_datasets=num_datasets,
-            feature_dim=self.base.feature_dim,
-            pe_dim=self.base.pe_dim,
-            seed=seed,
-            check=False,
-        )
-        return b, np.asarray(b.target_index)[np.asarray(b.target_mask)]
-
-
 def finetune(
     cfg: FinetuneConfig,
     *,
@@ -264,7 +211,7 @@ def finetune(
             f"--dataset {cfg.dataset}: '{ds.name}' was in the pretraining corpus; evaluate on "
             "unseen graphs only"
         )
-    batcher = _GraphBatcher(ds, base_cfg, cfg.batch_targets, cfg.seed)
+    batcher = WholeGraphBatcher.for_model(ds, base_cfg, cfg.batch_targets, cfg.seed)
     model_cfg = dataclasses.replace(base_cfg, datasets=(batcher.spec,))
     model = GraphFM(model_cfg)
     y = np.asarray(ds.y)
@@ -394,7 +341,7 @@ def embed_graph(checkpoint: str, dataset: str, out: str, *, chunk: int = 512) ->
     ds = load_dataset(dataset)
     if not isinstance(ds, NodeDataset):
         raise ValueError(f"--dataset {dataset}: embedding needs a node-level graph")
-    batcher = _GraphBatcher(ds, base_cfg, chunk, 0)
+    batcher = WholeGraphBatcher.for_model(ds, base_cfg, chunk, 0)
     names = [s.name for s in base_cfg.datasets]
     if ds.name in names:
         model_cfg, index = base_cfg, names.index(ds.name)

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxfm.data.graph_dataset import GraphClassificationDataset, NodeDataset
+from jaxfm.graph.packed import PackedBatch
 from jaxfm.graphfm import (
     DATASET_SPECIFIC,
     GraphFM,
@@ -32,7 +33,6 @@ from jaxfm.graphfm import (
     graphfm_config,
     loss_and_metrics,
 )
-from jaxfm.graphfm.batch import PackedBatch
 from jaxfm.model_dir import save_model_dir, write_json_atomic
 from jaxfm.train.distributed import is_main_process
 from jaxfm.train.optim import OptimizerConfig, make_optimizer, make_schedule
@@ -152,7 +152,7 @@ def build_pretraining_corpus(cfg: PretrainConfig, *, log=print) -> list[NodeData
     import re
 
     from jaxfm.data.registry import find_datasets, load_dataset
-    from jaxfm.graph.sbm import sbm_corpus
+    from jaxfm.data.sbm import sbm_corpus
 
     excluded = [re.compile(p) for p in cfg.exclude]
     datasets: list[NodeDataset] = []

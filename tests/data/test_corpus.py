@@ -8,9 +8,9 @@ import scipy.sparse as sp
 
 from jaxfm.data.corpus import build_corpus, reduce_features
 from jaxfm.data.graph_dataset import GraphClassificationDataset, SmallGraph
+from jaxfm.data.sbm import SBMParams, sbm_graph
 from jaxfm.graph.laplacian import LaplacianPECache, laplacian_pe
 from jaxfm.graph.saint import induced_subgraph
-from jaxfm.graph.sbm import SBMParams, sbm_graph
 
 
 def _low_rank(n=200, f=60, rank=5, seed=0):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from jaxfm.data.packing import PackingBudget, PackUnit, allocate_targets, pack_bucket
+from jaxfm.graph.packed import check_packed_batch
 from jaxfm.graph.saint import csr_adjacency
-from jaxfm.graphfm.batch import check_packed_batch
 
 
 def _unit(dataset, graph, n, f, *, seed, edges=None, labelled=None, regression=False, gl=-1):

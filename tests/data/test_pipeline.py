@@ -8,8 +8,8 @@ import pytest
 from jaxfm.data.corpus import build_corpus
 from jaxfm.data.packing import PackingBudget
 from jaxfm.data.pipeline import PackedPipeline, PipelineStateError
-from jaxfm.graph.sbm import sbm_corpus
-from jaxfm.graphfm.batch import check_packed_batch
+from jaxfm.data.sbm import sbm_corpus
+from jaxfm.graph.packed import check_packed_batch
 
 BUDGET = PackingBudget(nodes=512, graphs=8, targets=32, neighbors=4)
 

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
+from jaxfm.data.sbm import SBMParams, sbm_graph
 from jaxfm.graph.laplacian import (
     LaplacianPECache,
     graph_fingerprint,
     laplacian_pe,
     normalized_laplacian,
 )
-from jaxfm.graph.sbm import SBMParams, sbm_graph
 
 
 def _path(n, offset=0):

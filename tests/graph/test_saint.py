@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from jaxfm.data.sbm import SBMParams, sbm_graph
 from jaxfm.graph.saint import SaintSampler, csr_adjacency, induced_subgraph, random_walk_nodes
-from jaxfm.graph.sbm import SBMParams, sbm_graph
 
 
 def _graph(n=400, seed=0):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxfm.graph.sbm import (
+from jaxfm.data.sbm import (
     PARAM_RANGES,
     SBMParams,
     expected_edge_homophily,

@@ -14,7 +14,7 @@ import pytest
 
 from jaxfm.data.corpus import Unit, build_corpus
 from jaxfm.data.packing import PackingBudget, pack_bucket
-from jaxfm.graph.sbm import sbm_corpus
+from jaxfm.data.sbm import sbm_corpus
 from jaxfm.graphfm import GraphFM, graphfm_config
 
 TINY = dict(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import init_params
 
-from jaxfm.graphfm.batch import PackedBatch
+from jaxfm.graph.packed import PackedBatch
 from jaxfm.graphfm.decoder import NodeDecoder
 from jaxfm.graphfm.graph_decoder import GraphDecoder
 from jaxfm.graphfm.heads import NEG_INF, DatasetHeads

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxfm.graph.packed import PackedBatch
 from jaxfm.graphfm import DatasetSpec, graphfm_config, loss_and_metrics
-from jaxfm.graphfm.batch import PackedBatch
 from jaxfm.graphfm.heads import NEG_INF
 
 SPECS = (

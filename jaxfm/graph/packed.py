@@ -24,11 +24,63 @@ Shapes:
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 from flax import struct
 
-__all__ = ["PackedBatch", "check_packed_batch"]
+__all__ = ["TASKS", "DatasetSpec", "PackedBatch", "check_packed_batch"]
+
+#: Tasks a dataset slot can have.
+TASKS = ("classification", "regression")
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetSpec:
+    """One dataset of the table: input width, label space and task.
+
+    Attributes:
+      name: unique dataset name (as in the corpus).
+      num_features: input feature width (<= ``GraphFMConfig.feature_dim``).
+      num_classes: classes of a classification set (>= 1); a regression set may use 0.
+      task: ``"classification"`` or ``"regression"``.
+    """
+
+    name: str
+    num_features: int
+    num_classes: int
+    task: str = "classification"
+
+    def __post_init__(self):
+        _require(bool(self.name), "DatasetSpec.name must be non-empty")
+        _require(
+            _is_int(self.num_features) and self.num_features >= 1,
+            f"DatasetSpec {self.name!r}: num_features must be an int >= 1, got "
+            f"{self.num_features!r}",
+        )
+        _require(
+            self.task in TASKS,
+            f"DatasetSpec {self.name!r}: task must be one of {TASKS}, got {self.task!r}",
+        )
+        _require(
+            _is_int(self.num_classes) and self.num_classes >= 0,
+            f"DatasetSpec {self.name!r}: num_classes must be an int >= 0",
+        )
+        _require(
+            self.task != "classification" or self.num_classes >= 1,
+            f"DatasetSpec {self.name!r}: a classification set needs num_classes >= 1",
+        )
+
 
 
 @struct.dataclass
