@@ -19,7 +19,6 @@ Steps:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -92,7 +91,7 @@ def main(argv=None) -> int:
         return 1
 
     from jaxfm.data.registry import load_dataset
-    from jaxfm.train.graphfm_finetune import FinetuneConfig, finetune, splits_for
+    from jaxfm.train.graphfm_finetune import FinetuneConfig, finetune
     from jaxfm.train.graphfm_pretrain import PretrainConfig, pretrain
     from jaxfm.train.node_baselines import BaselineConfig, train_node_baseline
 
@@ -166,9 +165,8 @@ def main(argv=None) -> int:
         if split_ids is None:  # no finetuning row yet: the splits finetune() would use
             split_ids = list(range(len(ds.splits))) if ds.splits else [0, 1, 2]
             res["settings"]["splits"] = split_ids
-        if not ds.splits:  # the seeded splits finetune() made: the same ones for the baselines
-            made = splits_for(ds, 3)
-            ds = dataclasses.replace(ds, splits=tuple(sp for _, sp in made))
+        # datasets without public splits carry the seeded fallback (load_dataset), the same
+        # masks finetune() uses
         for model in BASELINES:
             if model not in models:
                 continue

@@ -36,7 +36,7 @@ import scipy.sparse as sp
 
 from jaxfm.data.graph_dataset import GraphClassificationDataset, NodeDataset, Split
 from jaxfm.data.packing import PackUnit
-from jaxfm.data.splits import split_nodes
+from jaxfm.data.splits import seeded_node_splits
 from jaxfm.graph.laplacian import LaplacianPECache
 from jaxfm.graph.saint import SaintSampler, csr_adjacency, induced_subgraph
 
@@ -181,17 +181,7 @@ def _node_split(ds: NodeDataset, split_index: int, seed: int) -> Split:
                 f"{len(ds.splits)} splits"
             )
         return ds.splits[split_index]
-    n = ds.num_nodes
-    labelled = np.ones(n, bool) if ds.task == "regression" else np.asarray(ds.y) >= 0
-    idx = np.flatnonzero(labelled)
-    strat = None if ds.task == "regression" else np.asarray(ds.y)[idx]
-    parts = split_nodes(idx.size, (0.6, 0.2, 0.2), seed=seed, stratify=strat)
-    masks = []
-    for part in parts:
-        m = np.zeros(n, bool)
-        m[idx[part]] = True
-        masks.append(m)
-    return Split(*masks)
+    return seeded_node_splits(ds.y, ds.task, 1, seed)[0]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

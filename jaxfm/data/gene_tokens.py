@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from jaxfm.ops.masking import rank_mask
+
 RngLike = np.random.Generator | int
 
 __all__ = ["map_gene_symbols", "mask_values", "sample_expressed_genes"]
@@ -102,16 +104,8 @@ def mask_values(token_mask: np.ndarray, rate: float = 0.8, *, rng: RngLike) -> n
     Raises:
         ValueError: ``rate`` outside ``(0, 1]``.
     """
-    if not 0.0 < rate <= 1.0:
-        raise ValueError(f"rate must be in (0, 1], got {rate}")
     token_mask = np.asarray(token_mask, bool)
-    n_valid = token_mask.sum(axis=1)
-    n_mask = np.floor(rate * n_valid + 0.5).astype(np.int64)
-    n_mask = np.minimum(np.maximum(n_mask, (n_valid > 0).astype(np.int64)), n_valid)
-    keys = _as_rng(rng).random(token_mask.shape)
-    keys[~token_mask] = np.inf
-    ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
-    return ranks < n_mask[:, None]
+    return rank_mask(_as_rng(rng).random(token_mask.shape), token_mask, rate)
 
 
 def map_gene_symbols(

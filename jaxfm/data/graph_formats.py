@@ -41,7 +41,7 @@ from jaxfm.data.graph_validate import (
     validate_node_dataset,
 )
 from jaxfm.data.labels import UNLABELLED, class_labels
-from jaxfm.data.splits import split_nodes
+from jaxfm.data.splits import seeded_node_splits
 from jaxfm.data.structural import structural_features
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "encode_labels",
     "finish_node_dataset",
     "planetoid_missing",
-    "random_splits",
     "read_facebook100_mat",
     "read_heterophilous_npz",
     "read_linkx_splits",
@@ -119,25 +118,6 @@ def encode_labels(
     return inv.astype(np.int32).ravel(), int(uniq.size)
 
 
-def random_splits(
-    y: np.ndarray, task: str, num_splits: int = NUM_RANDOM_SPLITS, seed: int = 0
-) -> tuple[Split, ...]:
-    """``num_splits`` seeded 60/20/20 splits of the labelled nodes (stratified for classes)."""
-    y = np.asarray(y)
-    n = y.shape[0]
-    labelled = np.isfinite(y) if task == "regression" else y >= 0
-    idx = np.flatnonzero(labelled)
-    strat = None if task == "regression" else y[idx]
-    out = []
-    for k in range(num_splits):
-        masks = [np.zeros(n, bool) for _ in range(3)]
-        parts = split_nodes(idx.size, (0.6, 0.2, 0.2), seed=seed + k, stratify=strat)
-        for m, part in zip(masks, parts, strict=True):
-            m[idx[part]] = True
-        out.append(Split(train=masks[0], val=masks[1], test=masks[2]))
-    return tuple(out)
-
-
 def finish_node_dataset(
     *,
     name: str,
@@ -176,7 +156,7 @@ def finish_node_dataset(
         x = np.asarray(x, np.float32)
     y = np.asarray(y, np.float32 if task == "regression" else np.int32)
     if not splits and num_random_splits:
-        splits = random_splits(y, task, num_random_splits, seed)
+        splits = seeded_node_splits(y, task, num_random_splits, seed)
     elif task == "classification":  # unlabelled nodes never enter a loss or metric
         splits = tuple(_labelled_only(split, y >= 0) for split in splits)
     ds = NodeDataset(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["split_nodes"]
+__all__ = ["seeded_node_splits", "split_nodes"]
 
 
 def _split_sizes(m: int, fractions: np.ndarray) -> np.ndarray:
@@ -64,3 +64,31 @@ def split_nodes(
             part.append(chunk)
     train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
     return train, val, test
+
+
+def seeded_node_splits(y, task: str, num_splits: int, seed: int = 0) -> tuple:
+    """The one seeded split fallback: ``num_splits`` 60/20/20 splits of the labelled nodes.
+
+    Used when a dataset has no public splits (by every loader, the pretraining corpus, MFT/NFT
+    and the baselines alike, so they all see the same masks). Split ``k`` is
+    :func:`split_nodes` with seed ``seed + k``, stratified by class for classification;
+    unlabelled nodes (negative labels; non-finite regression targets) are in no split.
+
+    Returns:
+      ``num_splits`` :class:`~jaxfm.data.graph_dataset.Split` s (``[N]`` bool masks).
+    """
+    from jaxfm.data.graph_dataset import Split
+
+    y = np.asarray(y)
+    n = y.shape[0]
+    labelled = np.isfinite(y) if task == "regression" else y >= 0
+    idx = np.flatnonzero(labelled)
+    strat = None if task == "regression" else y[idx]
+    out = []
+    for k in range(num_splits):
+        masks = [np.zeros(n, bool) for _ in range(3)]
+        parts = split_nodes(idx.size, (0.6, 0.2, 0.2), seed=seed + k, stratify=strat)
+        for m, part in zip(masks, parts, strict=True):
+            m[idx[part]] = True
+        out.append(Split(train=masks[0], val=masks[1], test=masks[2]))
+    return tuple(out)

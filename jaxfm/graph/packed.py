@@ -82,7 +82,6 @@ class DatasetSpec:
         )
 
 
-
 @struct.dataclass
 class PackedBatch:
     """One packed batch (a pytree of arrays; every shape is a static budget).

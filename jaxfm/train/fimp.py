@@ -38,6 +38,7 @@ from jaxfm.graph import (
 from jaxfm.graph.batching import Budget
 from jaxfm.model_dir import save_model_dir, write_json_atomic
 from jaxfm.ops import metrics as M
+from jaxfm.ops.masking import rank_mask
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
 from jaxfm.train.sharding import data_parallel_size, make_mesh
 from jaxfm.train.step import create_state, default_mesh, make_eval_step, make_train_step
@@ -254,13 +255,8 @@ def _to_device(batch: jraph.GraphsTuple) -> jraph.GraphsTuple:
 
 
 def _random_value_mask(rng, token_mask, rate: float):
-    """Masks round(rate * n_valid) random valid tokens per node (at least one), inside jit."""
-    u = jax.random.uniform(rng, token_mask.shape)
-    u = jnp.where(token_mask, u, 2.0)
-    ranks = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
-    n_valid = token_mask.sum(-1)
-    n_mask = jnp.where(n_valid > 0, jnp.maximum(jnp.floor(rate * n_valid + 0.5), 1), 0)
-    return ranks < n_mask[:, None]
+    """A fresh mask every step (inside jit), by the one rule of :mod:`jaxfm.ops.masking`."""
+    return rank_mask(jax.random.uniform(rng, token_mask.shape), jnp.asarray(token_mask), rate)
 
 
 def _make_loss_fn(model: FIMPTaskModel, task: str, mask_rate: float, patch_mask_rate: float):

@@ -158,24 +158,13 @@ def transplant_pretrained(
     return jax.device_put(out), keep_new  # device_put: no per-shape compile
 
 
-def splits_for(
-    ds: NodeDataset, num_random: int, chosen: list[int] | None = None
-) -> list[tuple[int, Split]]:
-    """``(index, split)`` pairs: the dataset's public splits, else ``num_random`` seeded 60/20/20.
-
-    The seeded splits are a pure function of ``(N, seed)``, so baselines evaluated separately
-    (``experiments/graphfm/evaluate.py``) see exactly the same masks.
-    """
+def splits_for(ds: NodeDataset, chosen: list[int] | None = None) -> list[tuple[int, Split]]:
+    """``(index, split)`` pairs of the dataset's splits: its public ones, else the seeded
+    fallback :func:`jaxfm.data.splits.seeded_node_splits` made when it was loaded (pass
+    ``num_random_splits`` to ``load_dataset``), the same masks the baselines see."""
     splits = list(ds.splits)
     if not splits:
-        from jaxfm.data.splits import split_nodes
-
-        for s in range(num_random):
-            tr, va, te = split_nodes(ds.num_nodes, (0.6, 0.2, 0.2), seed=s)
-            masks = [np.zeros(ds.num_nodes, bool) for _ in range(3)]
-            for m, idx in zip(masks, (tr, va, te), strict=True):
-                m[idx] = True
-            splits.append(Split(train=masks[0], val=masks[1], test=masks[2]))
+        raise ValueError(f"{ds.name}: the dataset has no splits (load it with num_random_splits)")
     chosen = range(len(splits)) if chosen is None else chosen
     for i in chosen:
         if not 0 <= i < len(splits):
@@ -203,7 +192,7 @@ def finetune(
     from jaxfm.data.registry import load_dataset
 
     base_cfg, pretrained = load_pretrained_graphfm(cfg.checkpoint)
-    ds = load_dataset(cfg.dataset)
+    ds = load_dataset(cfg.dataset, num_random_splits=cfg.num_random_splits)
     if not isinstance(ds, NodeDataset) or ds.task != "classification":
         raise ValueError(f"--dataset {cfg.dataset}: finetuning needs a node-classification graph")
     if any(s.name == ds.name for s in base_cfg.datasets):
@@ -233,7 +222,7 @@ def finetune(
             hits += int((pred == y[ids]).sum())
         return hits / max(len(nodes), 1)
 
-    chosen = splits_for(ds, cfg.num_random_splits, cfg.splits)
+    chosen = splits_for(ds, cfg.splits)
     by_index = dict(chosen)
     position = {i: k + 1 for k, (i, _) in enumerate(chosen)}
     if progress and len(chosen) * cfg.epochs >= 200:

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxfm.data.graph_dataset import GraphClassificationDataset, NodeDataset
+from jaxfm.data.graph_dataset import NodeDataset
 from jaxfm.graph.packed import PackedBatch
 from jaxfm.graphfm import (
     DATASET_SPECIFIC,
@@ -141,46 +141,12 @@ class PretrainConfig:
 
 
 def build_pretraining_corpus(cfg: PretrainConfig, *, log=print) -> list[NodeDataset]:
-    """Loads every dataset under ``cfg.data`` (minus ``cfg.exclude``) plus the synthetic graphs.
-
-    One dataset per graph family is kept (the same graph often appears in several collections,
-    e.g. Cora in gnn-benchmark, GraphData and Planetoid); ``cfg.exclude`` regexes match names and
-    families, so excluding ``chameleon`` also drops its filtered/directed and MUSAE copies.
-    Graph-classification sets are skipped with a message (the node-level pretraining objective
-    does not use them).
-    """
-    import re
-
-    from jaxfm.data.registry import find_datasets, load_dataset
+    """The datasets under ``cfg.data`` (minus ``cfg.exclude``; see
+    :func:`jaxfm.data.selection.select_datasets`) plus ``cfg.synthetic_graphs`` SBM graphs."""
     from jaxfm.data.sbm import sbm_corpus
+    from jaxfm.data.selection import select_datasets
 
-    excluded = [re.compile(p) for p in cfg.exclude]
-    datasets: list[NodeDataset] = []
-    families: dict[str, str] = {}
-    for path in cfg.data:
-        refs = find_datasets(path)
-        if not refs:
-            raise ValueError(f"--data {path}: no dataset in a known format found there")
-        for ref in refs:
-            family = getattr(ref, "family", "") or ref.name
-            if getattr(ref, "skip_reason", ""):
-                log(f"pretrain: {ref.name} skipped ({ref.skip_reason})")
-                continue
-            if any(rx.search(ref.name) or rx.search(family) for rx in excluded):
-                log(f"pretrain: {ref.name} excluded (evaluation graph family {family!r})")
-                continue
-            if family in families:  # the same graph in another collection or a variant of it
-                log(f"pretrain: {ref.name} skipped (same graph as {families[family]})")
-                continue
-            if getattr(ref, "level", "node") == "graph":
-                log(f"pretrain: {ref.name} skipped (graph classification set)")
-                continue
-            ds = load_dataset(ref.path)
-            if isinstance(ds, GraphClassificationDataset):
-                log(f"pretrain: {ref.name} skipped (graph classification set)")
-                continue
-            families[family] = ref.name
-            datasets.append(dataclasses.replace(ds, name=ref.name))
+    datasets = select_datasets(cfg.data, cfg.exclude, log=log)
     if cfg.synthetic_graphs:
         datasets.extend(
             sbm_corpus(cfg.synthetic_graphs, seed=cfg.seed, node_range=cfg.synthetic_nodes)

@@ -18,7 +18,6 @@ import scipy.sparse as sp
 from jaxfm.data.graph_dataset import NodeDataset, Split
 from jaxfm.data.graph_formats import (
     encode_labels,
-    random_splits,
     read_facebook100_mat,
     read_heterophilous_npz,
     read_linkx_splits,
@@ -37,6 +36,7 @@ from jaxfm.data.graph_formats_text import (
     stratified_folds,
 )
 from jaxfm.data.graph_validate import DatasetFormatError, validate_node_dataset
+from jaxfm.data.splits import seeded_node_splits as random_splits
 from jaxfm.data.structural import structural_feature_names, structural_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "graphs"))

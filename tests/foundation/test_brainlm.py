@@ -18,7 +18,8 @@ from jaxfm.foundation.brainlm import (
     random_masking,
     temporal_encoding,
 )
-from jaxfm.foundation.nystrom import NystromformerLayer, iterative_pinv, nystrom_attention
+from jaxfm.foundation.nystrom import NystromformerLayer
+from jaxfm.ops.nystrom import iterative_pinv, nystrom_attention
 
 FIXTURE = "brainlm_small"
 
