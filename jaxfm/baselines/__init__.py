@@ -7,7 +7,7 @@ and :class:`NoGraphLayer` (the ``mlp`` control). One registry, :data:`LAYERS` (`
 :data:`KINDS`), names them for every stack: :class:`GNN` (full-graph node classification),
 :class:`NodeGNN` (FIMP tasks) and :class:`GraphClassifier` (graph level: per-layer pooling readout
 + MLP head). :class:`GraphMAE` is the masked-autoencoder
-pretraining baseline (with :func:`linear_probe`).
+pretraining baseline (its trainers: :mod:`jaxfm.train.graphmae`).
 """
 
 from jaxfm.baselines.gat import GATLayer
@@ -16,7 +16,7 @@ from jaxfm.baselines.gin import GINLayer
 from jaxfm.baselines.gnn import GNN
 from jaxfm.baselines.gps import GPSLayer
 from jaxfm.baselines.graph_classifier import GRAPH_CLASSIFIER_KINDS, GraphClassifier
-from jaxfm.baselines.graphmae import GraphMAE, linear_probe, pretrain_graphmae
+from jaxfm.baselines.graphmae import GraphMAE
 from jaxfm.baselines.kinds import KINDS, LAYERS, MESSAGE_PASSING_KINDS, NoGraphLayer, layer_class
 from jaxfm.baselines.node_gnn import GNN_KINDS, NodeGNN
 from jaxfm.baselines.node_mlp import NodeMLP
@@ -40,6 +40,4 @@ __all__ = [
     "NodeMLP",
     "SAGELayer",
     "layer_class",
-    "linear_probe",
-    "pretrain_graphmae",
 ]

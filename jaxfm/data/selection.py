@@ -24,7 +24,6 @@ def select_datasets(
     does not use them).
     """
 
-
     excluded = [re.compile(p) for p in exclude]
     datasets: list[NodeDataset] = []
     families: dict[str, str] = {}

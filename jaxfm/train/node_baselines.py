@@ -37,9 +37,10 @@ from tqdm.auto import tqdm
 
 from jaxfm.baselines.gcn import gcn_norm
 from jaxfm.baselines.gnn import GNN
-from jaxfm.baselines.graphmae import GraphMAE, linear_probe, pretrain_graphmae
+from jaxfm.baselines.graphmae import GraphMAE
 from jaxfm.baselines.kinds import KINDS
 from jaxfm.data.graph_dataset import NodeDataset
+from jaxfm.train.graphmae import linear_probe, pretrain_graphmae
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
 from jaxfm.train.step import (
     TrainState,

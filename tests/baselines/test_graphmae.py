@@ -5,14 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfm.baselines.graphmae import (
-    GraphMAE,
-    linear_probe,
-    pretrain_graphmae,
-    sample_node_mask,
-    sce_loss,
-)
+from jaxfm.baselines.graphmae import GraphMAE, sample_node_mask, sce_loss
 from jaxfm.data.graph_dataset import NodeDataset, Split
+from jaxfm.train.graphmae import linear_probe, pretrain_graphmae
 from jaxfm.train.node_baselines import BaselineConfig, train_node_baseline
 from jaxfm.train.trainer import read_metrics
 
