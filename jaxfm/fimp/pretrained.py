@@ -481,11 +481,13 @@ def graft(
     src = source if all(not isinstance(v, Mapping) for v in source.values()) else None
     src = dict(src) if src is not None else flatten(source)
     renamed: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     used: set[str] = set()
     for s_pre, d_pre in pairs:
         for key in src:
             if key.startswith(s_pre):
                 renamed[d_pre + key[len(s_pre) :]] = src[key]
+                origin[d_pre + key[len(s_pre) :]] = key
                 used.add(key)
     try:
         out, rep = transplant(
@@ -496,10 +498,16 @@ def graft(
             what="pretrained weights",
         )
     except TransplantError as e:
+        source_of = {d_pre: s_pre for s_pre, d_pre in pairs}
+
+        def from_where(path):
+            pre = max((d for d in source_of if path.startswith(d)), key=len, default="")
+            return f"{path} (from {source_of.get(pre, '')}{path[len(pre) :]})"
+
         raise PretrainedLoadError(
             str(e).replace("the model", "the FIMP model"),
-            missing=e.missing,
-            unexpected=e.unexpected,
+            missing=[from_where(p) for p in e.missing],
+            unexpected=[f"{origin[p]} -> {p}" for p in e.unexpected],
             mismatched=e.mismatched,
         ) from None
     report = GraftReport(

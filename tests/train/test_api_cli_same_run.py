@@ -54,3 +54,15 @@ def test_readme_python_example_equals_its_cli_twin(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
     assert summary["test"] == res["test"]
     assert res["test"]["accuracy"] > 0.4  # it learns (majority class is about 1/3 here)
+
+
+@pytest.mark.slow
+def test_fmri_defaults_learn_and_beat_the_no_graph_mlp(tmp_path, capsys):
+    r2 = {}
+    for model in ("fimp", "mlp"):
+        argv = ["fimp", "train", "--task", "fmri", "--data", "synthetic", "--model", model,
+                "--workdir", str(tmp_path / model), "--no-progress"]  # fmt: skip
+        assert main(argv) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
+        r2[model] = out["test"]["r2"]
+    assert r2["fimp"] > 0.5 and r2["fimp"] > r2["mlp"] + 0.1, r2
