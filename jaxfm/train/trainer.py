@@ -437,6 +437,8 @@ def fit(
                 _trim_metrics(run_dir.metrics_path, start)
                 if progress and main:
                     print(f"{desc}: resumed from step {start}", file=sys.stderr)
+            elif main:  # nothing to resume: a fresh start, without the dead run's records
+                _trim_metrics(run_dir.metrics_path, 0)
         if start >= total_steps or (select is not None and select.stop):
             best = best_params if select is not None else _host(state.params)
             return FitResult(state, best, history, [], select, False, None, start)
