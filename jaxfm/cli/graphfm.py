@@ -163,8 +163,8 @@ def _summary(args) -> int:
         summary["sharding"] = _sharded_bytes(config, args.mesh)
         print(_format_sharding(summary["sharding"]))
     if args.explain_attention:
-        from jaxfm.graphfm.summary import explain_train_step
         from jaxfm.ops.explain import format_explanation
+        from jaxfm.train.explain import explain_train_step
 
         summary["attention"] = explain_train_step(config, dtype=args.dtype)
         print(format_explanation(summary["attention"]))

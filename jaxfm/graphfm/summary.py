@@ -29,15 +29,12 @@ import numpy as np
 
 from jaxfm.graph.packed import PackedBatch
 from jaxfm.graphfm.config import DatasetSpec, GraphFMConfig
-from jaxfm.graphfm.losses import loss_and_metrics
 from jaxfm.graphfm.model import DATASET_SPECIFIC, GraphFM
-from jaxfm.ops.explain import explain_attention
 
 __all__ = [
     "PAPER_COUNTS",
     "PAPER_FEATURE_WIDTH",
     "dummy_batch",
-    "explain_train_step",
     "format_summary",
     "parameter_shapes",
     "parameter_summary",
@@ -168,36 +165,3 @@ def format_summary(summary: dict) -> str:
     if "paper_ratio" in summary:
         lines.append(f"| paper-comparable / paper | {summary['paper_ratio']:.3f} |")
     return "\n".join(lines)
-
-
-def explain_train_step(
-    config: GraphFMConfig,
-    *,
-    nodes: int = 2048,
-    graphs: int = 16,
-    targets: int = 256,
-    dtype: str | None = None,
-) -> list[dict]:
-    """Lowers one GraphFM training step and reports each attention call's implementation.
-
-    The step is the gradient of the multi-task loss (:func:`~jaxfm.graphfm.losses.loss_and_metrics`)
-    with respect to the parameters, at the pretraining budgets (``nodes`` packed rows, ``graphs``
-    slots, ``targets`` target nodes). Only shapes are used: nothing is allocated or run. See
-    :func:`jaxfm.ops.explain.explain_attention` for the rows.
-
-    Args:
-      config: the model config (no dataset table: one placeholder dataset).
-      nodes: T. graphs: G. targets: Q (static budgets).
-      dtype: compute dtype override (``"bfloat16"`` as in pretraining on accelerators).
-    """
-    config = _with_placeholder(config)
-    if dtype is not None:
-        config = dataclasses.replace(config, dtype=dtype)
-    model = GraphFM(config)
-    batch = dummy_batch(config, rows=nodes, graphs=graphs, targets=targets)
-    params = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(config)))["params"]
-
-    def loss(params, batch):
-        return loss_and_metrics(model.apply({"params": params}, batch), batch, config)[0]
-
-    return explain_attention(jax.value_and_grad(loss), params, batch)
