@@ -197,9 +197,8 @@ def write_model_dir(
         else:
             staged.rename(out)
         return result
-    except OutputWriteError:
-        raise
-    except OSError as e:
-        raise OutputWriteError(e.errno, f"could not write {out}: {e.strerror or e}") from e
+    except OSError as e:  # name OUT, not the staging directory
+        reason = getattr(e, "reason", None) or e.strerror or str(e)
+        raise OutputWriteError(e.errno, f"could not write {out}: {reason}") from e
     finally:
         shutil.rmtree(stage_root, ignore_errors=True)

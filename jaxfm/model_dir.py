@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -110,8 +111,10 @@ def _honour_umask(path: Path) -> None:
 
 
 def _write_failed(path: Path, error: OSError) -> OutputWriteError:
-    reason = error.strerror or str(error)
-    return OutputWriteError(error.errno, f"could not write {path}: {reason}")
+    reason = getattr(error, "reason", None) or error.strerror or str(error)
+    failed = OutputWriteError(error.errno, f"could not write {path}: {reason}")
+    failed.reason = reason
+    return failed
 
 
 def check_output_file(path: str | os.PathLike, *, what: str = "--out") -> Path:
@@ -166,6 +169,9 @@ def _write_safetensors(path: Path, flat: dict[str, Any], metadata: dict[str, str
     try:
         save_file(tensors, path, metadata=metadata)
     except SafetensorError as e:
+        if m := re.search(r"os error (\d+)", str(e)):  # an I/O error (a full disk, ...)
+            code = int(m.group(1))
+            raise OSError(code, os.strerror(code)) from e
         raise ValueError(f"save_model_dir: cannot write the parameters ({e})") from e
 
 
