@@ -393,15 +393,17 @@ def _check_globals(globals_: list[tuple[str, str]], name: str) -> None:
             )
 
 
-def _guards(budget: int) -> tuple[dict[int, Callable], dict[int, Callable]]:
+def _guards(limit: int) -> tuple[dict[int, Callable], dict[int, Callable]]:
     """``(guards, newobj)`` for :class:`jaxfm.data.restricted_pickle.RestrictedUnpickler`: how
-    each callable allowed global is called (arguments checked against ``budget`` bytes)."""
+    each callable allowed global is called (allocations checked against ``limit`` bytes in
+    all)."""
+    budget = rp.Budget(limit)
     scalar = _numpy_scalar()
 
     def numpy_scalar(dtype, obj=None):
         if not isinstance(dtype, np.dtype) or dtype.hasobject:
             raise rp.PickleRefused("numpy scalar of an object or non-dtype type")
-        rp.check_nbytes(dtype.itemsize, budget, "numpy scalar")
+        budget.check(dtype.itemsize, "numpy scalar")
         if not isinstance(obj, bytes) or len(obj) != dtype.itemsize:
             raise rp.PickleRefused(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes")
         return scalar(dtype, obj)

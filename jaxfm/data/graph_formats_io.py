@@ -64,7 +64,8 @@ class _Policy:
     """The globals a dataset pickle may use (numpy arrays, scipy sparse matrices, containers)
     and the guard through which each may be called (see :mod:`jaxfm.data.restricted_pickle`)."""
 
-    def __init__(self, budget: int):
+    def __init__(self, limit: int):
+        budget = rp.Budget(limit)
         self.globals: dict[tuple[str, str], object] = {}
         self.guards: dict[int, object] = {}
         self.newobj: dict[int, object] = {}
@@ -99,7 +100,7 @@ class _Policy:
         def scalar(dtype, obj=None):
             if not isinstance(dtype, np.dtype) or dtype.hasobject:
                 raise rp.PickleRefused("numpy scalar of an object or non-dtype type")
-            rp.check_nbytes(dtype.itemsize, budget, "numpy scalar")
+            budget.check(dtype.itemsize, "numpy scalar")
             if not isinstance(obj, bytes) or len(obj) != dtype.itemsize:
                 raise rp.PickleRefused(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes")
             return ma.scalar(dtype, obj)

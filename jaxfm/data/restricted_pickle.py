@@ -32,9 +32,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["DEFAULT_BUDGET", "PickleRefused", "RestrictedUnpickler", "check_nbytes", "guard_call"]
+__all__ = [
+    "DEFAULT_BUDGET",
+    "Budget",
+    "PickleRefused",
+    "RestrictedUnpickler",
+    "arg_nbytes",
+    "array_nbytes",
+    "check_nbytes",
+    "dtype_guard",
+    "guard_call",
+]
 
-#: Default cap (bytes) on any single allocation a pickled constructor may ask for.
+#: Default cap (bytes) on what the constructors of one pickle may allocate in all.
 DEFAULT_BUDGET = 64 * 2**20
 
 _CONTAINER_TYPES = (dict, list, set, collections.OrderedDict, collections.defaultdict)
@@ -44,13 +54,30 @@ class PickleRefused(pickle.UnpicklingError):
     """The pickle asks for something the restricted unpickler does not allow (message says what)."""
 
 
-def check_nbytes(nbytes: int, budget: int, what: str) -> None:
-    """Raises :class:`PickleRefused` if an allocation of ``nbytes`` exceeds ``budget``."""
-    if nbytes > budget:
-        raise PickleRefused(
-            f"{what} would allocate {nbytes} bytes, more than the limit of {budget} bytes for a "
-            "pickled object"
-        )
+class Budget:
+    """Bytes the constructors of one pickle may still allocate (cumulative, so a pickle cannot
+    get around the limit with many allocations just below it)."""
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self.used = 0
+
+    def spend(self, nbytes: int, what: str) -> None:
+        self.check(self.used + nbytes, what, nbytes)
+        self.used += nbytes
+
+    def check(self, total: int, what: str, nbytes: int | None = None) -> None:
+        if total > self.limit:
+            n = total if nbytes is None else nbytes
+            raise PickleRefused(
+                f"{what} would allocate {n} bytes, beyond the limit of {self.limit} bytes for "
+                "the objects of one pickle"
+            )
+
+
+def check_nbytes(nbytes: int, budget: Budget, what: str) -> None:
+    """Spends ``nbytes`` of ``budget``; raises :class:`PickleRefused` beyond its limit."""
+    budget.spend(nbytes, what)
 
 
 _SIZED_BY_INT = ("bytes", "bytearray")  # bytes(n) / bytearray(n) allocate n zero bytes
@@ -68,7 +95,7 @@ def arg_nbytes(value: Any, label: str = "") -> int:
     return 0
 
 
-def guard_call(func: Callable, budget: int, *, name: str | None = None) -> Callable:
+def guard_call(func: Callable, budget: Budget, *, name: str | None = None) -> Callable:
     """A guard calling ``func`` after refusing arguments that would allocate beyond ``budget``.
 
     For builtins whose arguments are sizes or lazy sequences (``bytearray(n)``, ``bytes(n)``,
@@ -87,7 +114,7 @@ def guard_call(func: Callable, budget: int, *, name: str | None = None) -> Calla
     return _guarded
 
 
-def dtype_guard(budget: int) -> Callable:
+def dtype_guard(budget: Budget) -> Callable:
     """``numpy.dtype`` that always returns a fresh descriptor (never a shared singleton that a
     later BUILD could modify) and refuses item sizes beyond ``budget``."""
 
@@ -95,7 +122,7 @@ def dtype_guard(budget: int) -> Callable:
         if not isinstance(spec, str | np.dtype):
             raise PickleRefused(f"numpy.dtype({type(spec).__name__}) is not allowed")
         dt = np.dtype(spec, align=bool(align), copy=True)
-        check_nbytes(dt.itemsize, budget, f"numpy.dtype({spec!r})")
+        budget.check(dt.itemsize, f"numpy.dtype({spec!r})")  # a descriptor: nothing spent
         return dt
 
     return _dtype

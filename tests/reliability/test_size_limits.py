@@ -23,17 +23,18 @@ from converters import checkpoint
 from converters.checkpoint import read_state_dict
 from converters.errors import CheckpointFormatError
 from jaxfm.data.graph_formats_io import load_restricted_pickle
+from jaxfm.data.restricted_pickle import DEFAULT_BUDGET
 from jaxfm.data.graph_validate import DatasetFormatError
 
 BOUND = 32 * 2**20  # traced bytes any refusal may cost
 HUGE = 2**28  # 256 MiB
 
 
-def _check_refused(read, error, match):
+def _check_refused(read, error, match, bound=BOUND):
     with peak_traced_bytes() as peak:
         with pytest.raises(error, match=match):
             read()
-    assert peak() < BOUND, f"refusing the file allocated {peak() / 2**20:.0f} MiB"
+    assert peak() < bound, f"refusing the file allocated {peak() / 2**20:.0f} MiB"
 
 
 def test_stride_zero_tensor(tmp_path):
@@ -132,3 +133,10 @@ def test_inflation_limit_is_configurable(tmp_path, monkeypatch):
         tmp_path / "z.bin", PROTO2 + state_dict({"w": t}) + b".", {"0": w.tobytes()}, compress=True
     )
     np.testing.assert_array_equal(read_state_dict(path)["w"], w.reshape(2, 3))
+
+
+def test_many_allocations_below_the_limit_add_up():
+    one = call(glob("builtins", "bytearray"), lit(HUGE // 8))  # 32 MiB each, 8 of them
+    data = PROTO2 + b"(" + one * 8 + b"l."
+    load = lambda: load_restricted_pickle(data, "g.pkl")  # noqa: E731
+    _check_refused(load, DatasetFormatError, "limit", bound=DEFAULT_BUDGET + 2**20)
