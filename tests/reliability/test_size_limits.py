@@ -23,8 +23,8 @@ from converters import checkpoint
 from converters.checkpoint import read_state_dict
 from converters.errors import CheckpointFormatError
 from jaxfm.data.graph_formats_io import load_restricted_pickle
-from jaxfm.data.restricted_pickle import DEFAULT_BUDGET
 from jaxfm.data.graph_validate import DatasetFormatError
+from jaxfm.data.restricted_pickle import DEFAULT_BUDGET
 
 BOUND = 32 * 2**20  # traced bytes any refusal may cost
 HUGE = 2**28  # 256 MiB
@@ -138,5 +138,5 @@ def test_inflation_limit_is_configurable(tmp_path, monkeypatch):
 def test_many_allocations_below_the_limit_add_up():
     one = call(glob("builtins", "bytearray"), lit(HUGE // 8))  # 32 MiB each, 8 of them
     data = PROTO2 + b"(" + one * 8 + b"l."
-    load = lambda: load_restricted_pickle(data, "g.pkl")  # noqa: E731
+    load = lambda: load_restricted_pickle(data, "g.pkl")
     _check_refused(load, DatasetFormatError, "limit", bound=DEFAULT_BUDGET + 2**20)
