@@ -260,19 +260,20 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: opco
         inst = self._target(self.stack[-1], self._build_types, "BUILD")
         setstate = getattr(type(inst), "__setstate__", None)
         if setstate is not None:
+            if isinstance(inst, np.dtype):  # numpy trusts these states: a bad one corrupts
+                _check_dtype_state(inst, state)
+            elif isinstance(inst, np.ndarray):
+                _check_array_state(state)
+            else:  # e.g. scipy's coo_matrix: an attribute dict
+                _check_attributes(state)
             setstate(inst, state)
             return
         slotstate = None
         if isinstance(state, tuple) and len(state) == 2:
             state, slotstate = state
         for part in (state, slotstate):
-            if part is None:
-                continue
-            if type(part) is not dict:
-                raise PickleRefused(f"BUILD state is a {type(part).__name__}, not a dict")
-            for key in part:
-                if type(key) is not str or key.startswith("__"):
-                    raise PickleRefused(f"BUILD may not set the attribute {key!r}")
+            if part is not None:
+                _check_attributes(part)
         if state:
             inst.__dict__.update(state)
         for key, value in (slotstate or {}).items():
@@ -331,6 +332,72 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: opco
     ):
         dispatch[_op[0]] = _made(getattr(pickle._Unpickler, _name))
     del _op, _name, _made
+
+
+def _check_attributes(state: Any) -> None:
+    """A BUILD attribute dict: plain, non-dunder names only (no ``__setstate__``, ``__class__``
+    or ``__dict__`` planted on an object)."""
+    if type(state) is not dict:
+        raise PickleRefused(f"BUILD state is a {type(state).__name__}, not a dict")
+    for key in state:
+        if type(key) is not str or key.startswith("__"):
+            raise PickleRefused(f"BUILD may not set the attribute {key!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_dtype_state(dtype: np.dtype, state: Any) -> None:
+    """Accepts only the state numpy writes for a plain (non-structured) dtype: the byte order,
+    and sizes / flags equal to the descriptor's own (``-1``: default)."""
+    ok = (
+        isinstance(state, tuple)
+        and len(state) in (8, 9)
+        and state[0] in (3, 4)
+        and state[1] in ("<", ">", "|", "=")
+        and state[2:5] == (None, None, None)
+        and state[5] in (-1, dtype.itemsize)
+        and state[6] in (-1, dtype.alignment)
+        and _is_int(state[7])
+        and state[7] == dtype.flags
+    )
+    if ok and len(state) == 9:  # version 4: datetime unit metadata only
+        meta = state[8]
+        ok = (
+            dtype.kind in "Mm"
+            and isinstance(meta, tuple)
+            and len(meta) == 2
+            and meta[0] is None
+            and isinstance(meta[1], tuple)
+            and len(meta[1]) == 4
+            and isinstance(meta[1][0], bytes)
+            and all(_is_int(v) for v in meta[1][1:])
+        )
+    if not ok:
+        raise PickleRefused(f"BUILD: unsupported state for numpy dtype {dtype}: {state!r:.200}")
+
+
+def _check_array_state(state: Any) -> None:
+    """``(version, shape, dtype, fortran, data)`` with data matching shape x dtype."""
+    ok = (
+        isinstance(state, tuple)
+        and len(state) == 5
+        and state[0] == 1
+        and isinstance(state[1], tuple)
+        and all(_is_int(n) and n >= 0 for n in state[1])
+        and isinstance(state[2], np.dtype)
+        and isinstance(state[3], bool)
+    )
+    if ok:
+        count = math.prod(state[1])
+        data = state[4]
+        if state[2].hasobject:
+            ok = isinstance(data, list) and len(data) == count
+        else:
+            ok = isinstance(data, bytes | bytearray) and len(data) == count * state[2].itemsize
+    if not ok:
+        raise PickleRefused("BUILD: inconsistent numpy array state (shape, dtype and data differ)")
 
 
 def _describe(obj: Any) -> str:
