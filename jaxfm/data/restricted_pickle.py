@@ -395,7 +395,10 @@ def _check_array_state(state: Any) -> None:
         if state[2].hasobject:
             ok = isinstance(data, list) and len(data) == count
         else:
-            ok = isinstance(data, bytes | bytearray) and len(data) == count * state[2].itemsize
+            # Python 2 pickles carry the data as a latin-1 str (one char per byte)
+            ok = (
+                isinstance(data, bytes | bytearray | str) and len(data) == count * state[2].itemsize
+            )
     if not ok:
         raise PickleRefused("BUILD: inconsistent numpy array state (shape, dtype and data differ)")
 
