@@ -139,3 +139,19 @@ def test_stack_global_tricks(tmp_path, monkeypatch, data, reader):
         with pytest.raises(DatasetFormatError, match=r"x\.pkl"):
             load_restricted_pickle(pickle_bytes, "x.pkl")
     assert not (tmp_path / "MARKER").exists()
+
+
+def test_python2_array_pickle_still_reads():
+    """Planetoid ``ind.*`` files: Python 2 pickles whose array data is a latin-1 BINSTRING."""
+    raw = np.array([1, 9, 32], "<i4").tobytes()
+    dtype = build(
+        call(glob("numpy", "dtype"), lit("i4"), lit(0), lit(1)),
+        lit((3, "<", None, None, None, -1, -1, 0)),
+    )
+    array = call(
+        glob("numpy.core.multiarray", "_reconstruct"), glob("numpy", "ndarray"), lit((0,)), lit("b")
+    )
+    state = b"(" + lit(1) + lit((3,)) + dtype + lit(False) + b"T" + len(raw).to_bytes(4, "little")
+    data = PROTO2 + build(array, state + raw + b"t") + b"."
+    out = load_restricted_pickle(data, "ind.toy.x")
+    assert out.dtype == np.dtype("<i4") and out.tolist() == [1, 9, 32]
