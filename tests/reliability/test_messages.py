@@ -218,3 +218,32 @@ def test_sparse_check_accepts_valid_matrices():
 
     back = load_restricted_pickle(pickle.dumps({"m": m, "c": m.tocoo()}), "ok.pkl")
     assert (back["m"] != m).nnz == 0 and json.dumps(back["m"].shape) == "[6, 5]"
+
+
+@pytest.mark.slow
+def test_graphfm_embed_writes_a_readable_file(tmp_path, fixtures_dir, capsys):
+    """End to end: a tiny pretrained GraphFM, then ``jaxfm embed`` into a new file."""
+    from jaxfm.train.graphfm_pretrain import PretrainConfig, pretrain
+    from jaxfm.train.optim import OptimizerConfig
+
+    tiny = dict(
+        dim=16, num_latents=4, encoder_depth=1, decoder_depth=2, cross_heads=2, self_heads=2,
+        decoder_heads=2, pe_dim=4, pe_width=4, signnet_hidden=8, feature_dim=16, num_neighbors=3,
+    )  # fmt: skip
+    cfg = PretrainConfig(
+        model_overrides=tiny, synthetic_graphs=2, synthetic_nodes=(30, 60), steps=1,
+        node_budget=256, graph_budget=4, target_budget=32, workdir=str(tmp_path / "run"),
+        optimizer=OptimizerConfig(name="lamb", learning_rate=3e-3, schedule="constant"),
+    )  # fmt: skip
+    pretrain(cfg, progress=False)
+    out = tmp_path / "emb" / "tiny.npy"
+    dataset = fixtures_dir / "graphs" / "heterophilous" / "tiny.npz"
+    argv = ["embed", "--checkpoint", str(tmp_path / "run" / "model"), "--dataset", str(dataset)]
+    old_umask = os.umask(0o022)
+    try:
+        assert jaxfm_main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    finally:
+        os.umask(old_umask)
+    assert np.load(out).shape[0] == 5
+    assert os.stat(out).st_mode & 0o777 == 0o644, "the umask decides, not mkstemp's 0600"
+    assert _leftovers(out.parent) == []
