@@ -176,6 +176,25 @@ def test_mis_shaped_embedding_names_its_key(tmp_path, fixtures_dir, capsys):
     assert "unpack" not in err
 
 
+def test_mis_shaped_scgpt_gene_embedding_names_its_key(tmp_path, fixtures_dir, capsys):
+    from safetensors.numpy import save_file
+
+    from converters.checkpoint import read_state_dict
+
+    fx = fixtures_dir / "scgpt_small_torch"
+    src = tmp_path / "scgpt"
+    src.mkdir()
+    for name in ("args.json", "vocab.json"):
+        shutil.copy(fx / name, src)
+    state = {k: np.ascontiguousarray(v) for k, v in read_state_dict(fx / "best_model.pt").items()}
+    key = "encoder.embedding.weight"
+    state[key] = state[key].reshape(-1)  # [ntoken * d_model]
+    save_file(state, src / "model.safetensors")
+    rc = convert_main(["scgpt", str(src / "model.safetensors"), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and key in err and "2-D" in err and "unpack" not in err
+
+
 # ---- data files ---------------------------------------------------------------------------
 
 

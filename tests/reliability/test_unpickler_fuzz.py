@@ -22,6 +22,8 @@ from jaxfm.data.graph_validate import DatasetFormatError
 from jaxfm.data.restricted_pickle import DEFAULT_BUDGET
 
 MEMORY_BOUND = DEFAULT_BUDGET + 32 * 2**20
+# pickletools / the unpickler decode mutated STRING opcodes with escape sequences Python warns of
+pytestmark = pytest.mark.filterwarnings("ignore:invalid escape sequence:DeprecationWarning")
 _OPCODES = sorted({op.code.encode("latin1")[0] for op in __import__("pickletools").opcodes})
 
 
