@@ -167,19 +167,23 @@ class _SparseModules(dict):
 
 
 def load_restricted_pickle(
-    data: bytes | io.BufferedIOBase, where: str, *, budget: int = rp.DEFAULT_BUDGET
+    data: bytes | io.BufferedIOBase, where: str, *, budget: int | None = None
 ):
     """Unpickles ``data`` allowing only numpy / scipy.sparse / builtins / collections globals.
 
     Python 2 pickles (Planetoid) are read with ``encoding="latin1"`` as ``numpy.load`` does.
     Nothing the pickle names can be modified (BUILD and SETITEMS apply only to objects the
-    pickle created) and no constructor may allocate more than ``budget`` bytes.
+    pickle created) and its constructors may allocate at most ``budget`` bytes in all (default:
+    twice the pickle's size, at least :data:`~jaxfm.data.restricted_pickle.DEFAULT_BUDGET`).
 
     Raises:
       DatasetFormatError: a forbidden global, call or mutation, an oversized constructor, or a
         truncated / corrupt stream (the message names ``where``).
     """
     fp = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    if budget is None:  # twice the pickle's size, at least DEFAULT_BUDGET
+        size = fp.getbuffer().nbytes if isinstance(fp, io.BytesIO) else 0
+        budget = max(rp.DEFAULT_BUDGET, 2 * size)
     policy = _Policy(budget)
     try:
         obj = rp.RestrictedUnpickler(

@@ -85,11 +85,14 @@ _SIZED_BY_INT = ("bytes", "bytearray")  # bytes(n) / bytearray(n) allocate n zer
 
 def arg_nbytes(value: Any, label: str = "") -> int:
     """Bytes a builtin constructor named ``label`` may allocate from one argument: an int is a
-    size for ``bytes`` / ``bytearray``; a sequence becomes one pointer (8 bytes) per item."""
+    size for ``bytes`` / ``bytearray``; text copied into ``bytes`` / ``bytearray`` / ``str``
+    costs its length; any other sequence becomes one pointer (8 bytes) per item."""
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
         return max(value, 0) if label in _SIZED_BY_INT else 0
+    if isinstance(value, str | bytes | bytearray) and label in (*_SIZED_BY_INT, "str"):
+        return len(value)
     if isinstance(value, range | str | bytes | bytearray | list | tuple | dict | set | frozenset):
         return len(value) * 8
     return 0
@@ -122,7 +125,7 @@ def dtype_guard(budget: Budget) -> Callable:
         if not isinstance(spec, str | np.dtype):
             raise PickleRefused(f"numpy.dtype({type(spec).__name__}) is not allowed")
         dt = np.dtype(spec, align=bool(align), copy=True)
-        budget.check(dt.itemsize, f"numpy.dtype({spec!r})")  # a descriptor: nothing spent
+        budget.check(dt.itemsize, f"numpy.dtype({spec!r:.80})")  # a descriptor: nothing spent
         return dt
 
     return _dtype

@@ -140,3 +140,13 @@ def test_many_allocations_below_the_limit_add_up():
     data = PROTO2 + b"(" + one * 8 + b"l."
     load = lambda: load_restricted_pickle(data, "g.pkl")
     _check_refused(load, DatasetFormatError, "limit", bound=DEFAULT_BUDGET + 2**20)
+
+
+def test_large_legitimate_objects_still_load():
+    """The limit scales with the pickle: data carried in the file is not a bomb."""
+    import pickle
+
+    blob = bytearray(np.random.default_rng(0).bytes(48 * 2**20))
+    data = pickle.dumps({"blob": blob, "x": np.zeros(2**20, np.float32)}, protocol=4)
+    out = load_restricted_pickle(data, "big.pkl")
+    assert out["blob"] == blob and out["x"].shape == (2**20,)
