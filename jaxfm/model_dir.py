@@ -204,9 +204,13 @@ def save_model_dir(
       config: JSON-able dict, written to ``config.json``.
       extra_files: ``{relative name: text or bytes}`` written beside them (e.g. a vocabulary).
 
+    The directory and its files get the modes the umask gives (not ``mkdtemp``'s 0700), and
+    ``params.safetensors`` carries ``__metadata__`` (``format``, ``jaxfm_version``, ``family``).
+
     Raises:
       ValueError: a bad extra file name or parameter dtype; TypeError: ``config`` is not
-        JSON-able. On any error ``path`` is left as it was.
+        JSON-able; OutputWriteError: the write failed (disk full, ...). On any error ``path`` is
+        left as it was and no temporary directory remains.
     """
     path = Path(path)
     extra_files = dict(extra_files or {})
