@@ -167,6 +167,22 @@ def test_all_config_tensor_problems_are_listed(tmp_path, fixtures_dir, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_renamed_key_is_reported_with_what_it_should_fill(tmp_path, fixtures_dir, capsys):
+    """One run shows the key no rule matches *and* the parameter left missing."""
+    from safetensors.numpy import load_file, save_file
+
+    old = "encoder.layer.1.layernorm_after.weight"
+    src = _vit_without(tmp_path, fixtures_dir)
+    state = load_file(src / "model.safetensors")
+    state[old.replace("after", "post")] = state.pop(old)
+    save_file(state, src / "model.safetensors")
+    rc = convert_main(["vit", str(src), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "encoder.layer.1.layernorm_post.weight" in err  # matches no rule
+    assert "missing" in err and "encoder/layer_1/norm2/scale" in err  # and what is now absent
+
+
 def test_mis_shaped_embedding_names_its_key(tmp_path, fixtures_dir, capsys):
     key = "embeddings.patch_embeddings.projection.weight"
     src = _vit_without(tmp_path, fixtures_dir, change={key: lambda w: w.reshape(w.shape[0], -1)})
