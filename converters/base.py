@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import importlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -118,13 +119,41 @@ def check_output_dir(
 
 def _contiguous_in_place(tree: dict) -> None:
     """Replaces every strided leaf by a C-contiguous copy, one at a time, so a view's source
-    array can be freed as soon as its last view is replaced (instead of all at once)."""
+    array can be freed as soon as its last view is replaced (instead of all at once); the
+    memory-mapped pages a copied view read are handed back to the kernel as it goes."""
     for key, value in tree.items():
         if isinstance(value, dict):
             _contiguous_in_place(value)
         else:
             arr = np.asarray(value)
-            tree[key] = arr if arr.flags.c_contiguous else arr.copy(order="C")
+            if not arr.flags.c_contiguous:
+                tree[key] = arr.copy(order="C")
+                _release_mapped_pages(arr)
+
+
+def _release_mapped_pages(view: np.ndarray) -> None:
+    """``madvise(MADV_DONTNEED)`` on the pages of a read-only memory map under ``view``.
+
+    The mapping stays valid (a later read faults the pages in again from the file); only the
+    resident copy goes, so a torch zip checkpoint's pages do not stay in RSS beside the
+    contiguous copies the safetensors writer needs.
+    """
+    base = view
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    mapped = base.obj if isinstance(base, memoryview) else base
+    if not isinstance(mapped, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        start = np.frombuffer(mapped, np.uint8, count=1).ctypes.data
+        span = [(n - 1) * st for n, st in zip(view.shape, view.strides, strict=True)]
+        low = view.ctypes.data + sum(min(0, d) for d in span)
+        high = view.ctypes.data + sum(max(0, d) for d in span) + view.itemsize
+        page = mmap.PAGESIZE
+        first = (low - start) // page * page
+        mapped.madvise(mmap.MADV_DONTNEED, first, min(high - start, len(mapped)) - first)
+    except (ValueError, OSError):  # a closed map or an unsupported platform: just keep pages
+        pass
 
 
 def write_model_dir(
@@ -197,9 +226,8 @@ def write_model_dir(
         else:
             staged.rename(out)
         return result
-    except OutputWriteError:
-        raise
-    except OSError as e:
-        raise OutputWriteError(e.errno, f"could not write {out}: {e.strerror or e}") from e
+    except OSError as e:  # name OUT, not the staging directory
+        reason = getattr(e, "reason", None) or e.strerror or str(e)
+        raise OutputWriteError(e.errno, f"could not write {out}: {reason}") from e
     finally:
         shutil.rmtree(stage_root, ignore_errors=True)

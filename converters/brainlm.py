@@ -354,6 +354,7 @@ def convert(src: Path) -> Converted:
         state,
         build_rules(config.num_attention_heads, config.decoder_num_attention_heads),
         ignore=(_PE_BUFFERS, *_UNUSED),
+        defer_unmatched=True,
     )
     params = strict_merge(_expected_params(config), flat)
     n_params = sum(int(np.prod(v.shape)) for v in flat.values())

@@ -2,9 +2,9 @@
 
 Two on-disk formats are understood:
 
-* ``.safetensors``: an 8-byte little-endian header length, a JSON header (dtype, shape and byte
-  range per tensor) and the raw data. The file is memory-mapped and every tensor is a read-only
-  ``np.ndarray`` view of the map (no copy).
+* ``.safetensors``: read with the safetensors library (``safe_open``, one tensor at a time with
+  ``pread``), which validates the header first: offsets must tile the data exactly (no
+  overlapping, out-of-order or out-of-file tensors) and shapes must be non-negative integers.
 * PyTorch's zip format (``torch.save`` since 1.6; ``.bin``/``.pt``/``.pth``): a zip archive
   ``<name>/data.pkl`` (the pickled object tree), ``<name>/data/<key>`` (one raw little-endian
   storage per key) and ``<name>/byteorder``. The pickle is read by a *restricted* unpickler:
@@ -12,16 +12,20 @@ Two on-disk formats are understood:
   1. a static pass over the pickle opcodes collects every global it references and refuses the
      file (:class:`~converters.errors.UnsafePickleError`, naming the global) unless all are in
      :data:`ALLOWED_GLOBALS` - before a single object is built;
-  2. the unpickler's ``find_class`` enforces the same allow-list and returns this module's own
-     numpy implementations of the tensor-rebuild functions (never PyTorch's), so even a pickle
-     that evades the static pass cannot reach any other callable.
+  2. :class:`jaxfm.data.restricted_pickle.RestrictedUnpickler` enforces the same allow-list,
+     substitutes this module's own numpy implementations of the tensor-rebuild functions (never
+     PyTorch's), calls every global through a guard that bounds what it may allocate, and lets
+     BUILD / SETITEMS touch only objects the pickle created - never a class, a storage type or
+     any other shared object, so a checkpoint cannot change how later files are read.
 
   Storages are mapped to numpy via ``persistent_load``: the archive member is memory-mapped when
   stored uncompressed (its CRC-32 is checked) and tensors are views into it honouring storage
-  offsets, sizes and strides; several tensors may share one storage.
+  offsets, sizes and strides; several tensors may share one storage. A tensor whose contiguous
+  copy would exceed its storage (e.g. stride 0) is refused, and so is a compressed member that
+  would inflate beyond :func:`max_inflated_bytes` (a deflate bomb).
 
-Tensors come back as ``np.ndarray`` (bfloat16 as ``ml_dtypes.bfloat16``). Arrays may be read-only
-views of a memory map: copy before modifying in place.
+Tensors come back as ``np.ndarray`` (bfloat16 as ``ml_dtypes.bfloat16``). Arrays of a zip
+checkpoint may be read-only views of a memory map: copy before modifying in place.
 """
 
 from __future__ import annotations
@@ -47,9 +51,11 @@ from jaxfm.data import restricted_pickle as rp
 
 __all__ = [
     "ALLOWED_GLOBALS",
+    "DEFAULT_MAX_INFLATION",
     "SAFETENSORS_SUFFIXES",
     "TORCH_SUFFIXES",
     "extract_state_dict",
+    "max_inflated_bytes",
     "read_pickle_tree",
     "read_safetensors",
     "read_state_dict",
@@ -393,15 +399,17 @@ def _check_globals(globals_: list[tuple[str, str]], name: str) -> None:
             )
 
 
-def _guards(budget: int) -> tuple[dict[int, Callable], dict[int, Callable]]:
+def _guards(limit: int) -> tuple[dict[int, Callable], dict[int, Callable]]:
     """``(guards, newobj)`` for :class:`jaxfm.data.restricted_pickle.RestrictedUnpickler`: how
-    each callable allowed global is called (arguments checked against ``budget`` bytes)."""
+    each callable allowed global is called (allocations checked against ``limit`` bytes in
+    all)."""
+    budget = rp.Budget(limit)
     scalar = _numpy_scalar()
 
     def numpy_scalar(dtype, obj=None):
         if not isinstance(dtype, np.dtype) or dtype.hasobject:
             raise rp.PickleRefused("numpy scalar of an object or non-dtype type")
-        rp.check_nbytes(dtype.itemsize, budget, "numpy scalar")
+        budget.check(dtype.itemsize, "numpy scalar")
         if not isinstance(obj, bytes) or len(obj) != dtype.itemsize:
             raise rp.PickleRefused(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes")
         return scalar(dtype, obj)

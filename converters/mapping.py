@@ -213,15 +213,21 @@ class Rule:
 
 
 class MappedParams(dict):
-    """``{flat_path: array}`` that remembers each path's checkpoint key (``origin``)."""
+    """``{flat_path: array}`` that remembers each path's checkpoint key (``origin``) and the
+    checkpoint keys no rule matched (``unmatched``, reported by :func:`strict_merge`)."""
 
     def __init__(self, *args, origin: Mapping[str, str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.origin: dict[str, str] = dict(origin or {})
+        self.unmatched: list[str] = []
 
 
 def apply_rules(
-    state: Mapping[str, np.ndarray], rules: Sequence[Rule], *, ignore: Sequence[str] = ()
+    state: Mapping[str, np.ndarray],
+    rules: Sequence[Rule],
+    *,
+    ignore: Sequence[str] = (),
+    defer_unmatched: bool = False,
 ) -> MappedParams:
     """Renames and transforms a checkpoint's tensors into flat Flax paths.
 
@@ -231,12 +237,16 @@ def apply_rules(
       state: checkpoint tensors by key.
       rules: the name map.
       ignore: regexes of keys deliberately dropped (buffers such as ``position_ids``).
+      defer_unmatched: keep keys matched by no rule in the result's ``unmatched`` instead of
+        raising, so :func:`strict_merge` reports them together with the missing and mis-shaped
+        parameters (a renamed key is then shown with the parameter it should have filled).
 
     Returns:
       ``{flat_path: array}`` (:class:`MappedParams`, whose ``origin`` maps paths to keys).
 
     Raises:
-      KeyMismatchError: keys matched by no rule and no ``ignore`` pattern (all listed).
+      KeyMismatchError: keys matched by no rule and no ``ignore`` pattern (all listed; unless
+        ``defer_unmatched``).
       ConversionError: two keys map to one path, or a transform fails (names the key).
     """
     ignored = [re.compile(p) for p in ignore]
@@ -270,12 +280,13 @@ def apply_rules(
                 )
             out[path] = v
             out.origin[path] = key
-    if unexpected:
+    if unexpected and not defer_unmatched:
         raise KeyMismatchError(
             f"{len(unexpected)} checkpoint key(s) match no conversion rule (renamed or from "
             f"another model?): {_listing(unexpected)}",
             unexpected=unexpected,
         )
+    out.unmatched = unexpected
     return out
 
 
@@ -316,8 +327,14 @@ def strict_merge(expected: Mapping[str, Any], converted: Mapping[str, np.ndarray
         for p in sorted(set(converted) & set(flat_expected))
         if tuple(np.shape(converted[p])) != flat_expected[p][0]
     ]
-    if missing or unexpected or mismatched:
+    unmatched = list(getattr(converted, "unmatched", ()))
+    if missing or unexpected or mismatched or unmatched:
         parts = []
+        if unmatched:
+            parts.append(
+                f"checkpoint keys matching no conversion rule ({len(unmatched)}, renamed or from "
+                f"another model?): {_listing(unmatched)}"
+            )
         if missing:
             parts.append(
                 f"missing ({len(missing)}, no checkpoint tensor provides them): {_listing(missing)}"
@@ -335,7 +352,7 @@ def strict_merge(expected: Mapping[str, Any], converted: Mapping[str, np.ndarray
         raise KeyMismatchError(
             "checkpoint does not match the model parameters; " + "; ".join(parts),
             missing=missing,
-            unexpected=[origin.get(p, p) for p in unexpected],
+            unexpected=unmatched + [origin.get(p, p) for p in unexpected],
             mismatched=mismatched,
         )
     out = {}

@@ -324,7 +324,7 @@ def convert(src: Path) -> Converted:
     if not isinstance(args, dict):
         _fail(f"{args_path} must be a JSON object")
     config = infer_config(state, args, vocab)
-    flat = apply_rules(state, build_rules(layout, config.nhead))
+    flat = apply_rules(state, build_rules(layout, config.nhead), defer_unmatched=True)
     params = strict_merge(_expected_shapes(config), flat)
     n_params = sum(int(np.prod(v.shape)) for v in state.values())
     report = [

@@ -449,7 +449,8 @@ def convert(src: Path) -> Converted:
     cfg = _read_json(cfg_path) if cfg_path is not None else {}
     config = infer_config(state, layout, cfg)
     ignore = _HF_IGNORE if layout == "hf" else ()
-    flat = apply_rules(state, build_rules(layout, config.num_heads), ignore=ignore)
+    rules = build_rules(layout, config.num_heads)
+    flat = apply_rules(state, rules, ignore=ignore, defer_unmatched=True)
     params = strict_merge(_expected_params(config), flat)
     n_params = sum(int(np.prod(v.shape)) for v in flat.values())
     extras = [

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -84,8 +85,10 @@ def _honour_umask(path: Path) -> None:
 
 
 def _write_failed(path: Path, error: OSError) -> OutputWriteError:
-    reason = error.strerror or str(error)
-    return OutputWriteError(error.errno, f"could not write {path}: {reason}")
+    reason = getattr(error, "reason", None) or error.strerror or str(error)
+    failed = OutputWriteError(error.errno, f"could not write {path}: {reason}")
+    failed.reason = reason
+    return failed
 
 
 def check_output_file(path: str | os.PathLike, *, what: str = "--out") -> Path:
@@ -140,6 +143,9 @@ def _write_safetensors(path: Path, flat: dict[str, Any], metadata: dict[str, str
     try:
         save_file(tensors, path, metadata=metadata)
     except SafetensorError as e:
+        if m := re.search(r"os error (\d+)", str(e)):  # an I/O error (a full disk, ...)
+            code = int(m.group(1))
+            raise OSError(code, os.strerror(code)) from e
         raise ValueError(f"save_model_dir: cannot write the parameters ({e})") from e
 
 
@@ -172,9 +178,13 @@ def save_model_dir(
       config: JSON-able dict, written to ``config.json``.
       extra_files: ``{relative name: text or bytes}`` written beside them (e.g. a vocabulary).
 
+    The directory and its files get the modes the umask gives (not ``mkdtemp``'s 0700), and
+    ``params.safetensors`` carries ``__metadata__`` (``format``, ``jaxfm_version``, ``family``).
+
     Raises:
       ValueError: a bad extra file name or parameter dtype; TypeError: ``config`` is not
-        JSON-able. On any error ``path`` is left as it was.
+        JSON-able; OutputWriteError: the write failed (disk full, ...). On any error ``path`` is
+        left as it was and no temporary directory remains.
     """
     path = Path(path)
     extra_files = dict(extra_files or {})

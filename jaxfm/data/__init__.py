@@ -18,6 +18,7 @@ from jaxfm.data.fmri import A424_NUM_REGIONS, FMRIDataset, fmri_patches, read_a4
 from jaxfm.data.gene_tokens import map_gene_symbols, mask_values, sample_expressed_genes
 from jaxfm.data.graph_dataset import GraphClassificationDataset, NodeDataset, SmallGraph, Split
 from jaxfm.data.graph_validate import DatasetFormatError
+from jaxfm.data.labels import UNLABELLED, class_labels
 from jaxfm.data.registry import DatasetRef, find_datasets, load_dataset
 from jaxfm.data.registry import detect_format as detect_graph_format
 from jaxfm.data.spatial import SpatialDataset, load_spatial, normalize_total_log1p, to_graph_arrays
@@ -31,6 +32,7 @@ from jaxfm.data.synthetic import (
 
 __all__ = [
     "A424_NUM_REGIONS",
+    "UNLABELLED",
     "AnnDataLike",
     "DatasetFormatError",
     "DatasetRef",
@@ -43,6 +45,7 @@ __all__ = [
     "SmallGraph",
     "SpatialDataset",
     "Split",
+    "class_labels",
     "detect_format",
     "detect_graph_format",
     "find_datasets",

@@ -64,7 +64,8 @@ class _Policy:
     """The globals a dataset pickle may use (numpy arrays, scipy sparse matrices, containers)
     and the guard through which each may be called (see :mod:`jaxfm.data.restricted_pickle`)."""
 
-    def __init__(self, budget: int):
+    def __init__(self, limit: int):
+        budget = rp.Budget(limit)
         self.globals: dict[tuple[str, str], object] = {}
         self.guards: dict[int, object] = {}
         self.newobj: dict[int, object] = {}
@@ -99,7 +100,7 @@ class _Policy:
         def scalar(dtype, obj=None):
             if not isinstance(dtype, np.dtype) or dtype.hasobject:
                 raise rp.PickleRefused("numpy scalar of an object or non-dtype type")
-            rp.check_nbytes(dtype.itemsize, budget, "numpy scalar")
+            budget.check(dtype.itemsize, "numpy scalar")
             if not isinstance(obj, bytes) or len(obj) != dtype.itemsize:
                 raise rp.PickleRefused(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes")
             return ma.scalar(dtype, obj)
@@ -166,19 +167,23 @@ class _SparseModules(dict):
 
 
 def load_restricted_pickle(
-    data: bytes | io.BufferedIOBase, where: str, *, budget: int = rp.DEFAULT_BUDGET
+    data: bytes | io.BufferedIOBase, where: str, *, budget: int | None = None
 ):
     """Unpickles ``data`` allowing only numpy / scipy.sparse / builtins / collections globals.
 
     Python 2 pickles (Planetoid) are read with ``encoding="latin1"`` as ``numpy.load`` does.
     Nothing the pickle names can be modified (BUILD and SETITEMS apply only to objects the
-    pickle created) and no constructor may allocate more than ``budget`` bytes.
+    pickle created) and its constructors may allocate at most ``budget`` bytes in all (default:
+    twice the pickle's size, at least :data:`~jaxfm.data.restricted_pickle.DEFAULT_BUDGET`).
 
     Raises:
       DatasetFormatError: a forbidden global, call or mutation, an oversized constructor, or a
         truncated / corrupt stream (the message names ``where``).
     """
     fp = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    if budget is None:  # twice the pickle's size, at least DEFAULT_BUDGET
+        size = fp.getbuffer().nbytes if isinstance(fp, io.BytesIO) else 0
+        budget = max(rp.DEFAULT_BUDGET, 2 * size)
     policy = _Policy(budget)
     try:
         obj = rp.RestrictedUnpickler(

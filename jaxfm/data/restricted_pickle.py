@@ -32,9 +32,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["DEFAULT_BUDGET", "PickleRefused", "RestrictedUnpickler", "check_nbytes", "guard_call"]
+__all__ = [
+    "DEFAULT_BUDGET",
+    "Budget",
+    "PickleRefused",
+    "RestrictedUnpickler",
+    "arg_nbytes",
+    "array_nbytes",
+    "check_nbytes",
+    "dtype_guard",
+    "guard_call",
+]
 
-#: Default cap (bytes) on any single allocation a pickled constructor may ask for.
+#: Default cap (bytes) on what the constructors of one pickle may allocate in all.
 DEFAULT_BUDGET = 64 * 2**20
 
 _CONTAINER_TYPES = (dict, list, set, collections.OrderedDict, collections.defaultdict)
@@ -44,13 +54,30 @@ class PickleRefused(pickle.UnpicklingError):
     """The pickle asks for something the restricted unpickler does not allow (message says what)."""
 
 
-def check_nbytes(nbytes: int, budget: int, what: str) -> None:
-    """Raises :class:`PickleRefused` if an allocation of ``nbytes`` exceeds ``budget``."""
-    if nbytes > budget:
-        raise PickleRefused(
-            f"{what} would allocate {nbytes} bytes, more than the limit of {budget} bytes for a "
-            "pickled object"
-        )
+class Budget:
+    """Bytes the constructors of one pickle may still allocate (cumulative, so a pickle cannot
+    get around the limit with many allocations just below it)."""
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self.used = 0
+
+    def spend(self, nbytes: int, what: str) -> None:
+        self.check(self.used + nbytes, what, nbytes)
+        self.used += nbytes
+
+    def check(self, total: int, what: str, nbytes: int | None = None) -> None:
+        if total > self.limit:
+            n = total if nbytes is None else nbytes
+            raise PickleRefused(
+                f"{what} would allocate {n} bytes, beyond the limit of {self.limit} bytes for "
+                "the objects of one pickle"
+            )
+
+
+def check_nbytes(nbytes: int, budget: Budget, what: str) -> None:
+    """Spends ``nbytes`` of ``budget``; raises :class:`PickleRefused` beyond its limit."""
+    budget.spend(nbytes, what)
 
 
 _SIZED_BY_INT = ("bytes", "bytearray")  # bytes(n) / bytearray(n) allocate n zero bytes
@@ -58,17 +85,20 @@ _SIZED_BY_INT = ("bytes", "bytearray")  # bytes(n) / bytearray(n) allocate n zer
 
 def arg_nbytes(value: Any, label: str = "") -> int:
     """Bytes a builtin constructor named ``label`` may allocate from one argument: an int is a
-    size for ``bytes`` / ``bytearray``; a sequence becomes one pointer (8 bytes) per item."""
+    size for ``bytes`` / ``bytearray``; text copied into ``bytes`` / ``bytearray`` / ``str``
+    costs its length; any other sequence becomes one pointer (8 bytes) per item."""
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
         return max(value, 0) if label in _SIZED_BY_INT else 0
+    if isinstance(value, str | bytes | bytearray) and label in (*_SIZED_BY_INT, "str"):
+        return len(value)
     if isinstance(value, range | str | bytes | bytearray | list | tuple | dict | set | frozenset):
         return len(value) * 8
     return 0
 
 
-def guard_call(func: Callable, budget: int, *, name: str | None = None) -> Callable:
+def guard_call(func: Callable, budget: Budget, *, name: str | None = None) -> Callable:
     """A guard calling ``func`` after refusing arguments that would allocate beyond ``budget``.
 
     For builtins whose arguments are sizes or lazy sequences (``bytearray(n)``, ``bytes(n)``,
@@ -87,7 +117,7 @@ def guard_call(func: Callable, budget: int, *, name: str | None = None) -> Calla
     return _guarded
 
 
-def dtype_guard(budget: int) -> Callable:
+def dtype_guard(budget: Budget) -> Callable:
     """``numpy.dtype`` that always returns a fresh descriptor (never a shared singleton that a
     later BUILD could modify) and refuses item sizes beyond ``budget``."""
 
@@ -95,7 +125,7 @@ def dtype_guard(budget: int) -> Callable:
         if not isinstance(spec, str | np.dtype):
             raise PickleRefused(f"numpy.dtype({type(spec).__name__}) is not allowed")
         dt = np.dtype(spec, align=bool(align), copy=True)
-        check_nbytes(dt.itemsize, budget, f"numpy.dtype({spec!r})")
+        budget.check(dt.itemsize, f"numpy.dtype({spec!r:.80})")  # a descriptor: nothing spent
         return dt
 
     return _dtype
@@ -233,19 +263,20 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: opco
         inst = self._target(self.stack[-1], self._build_types, "BUILD")
         setstate = getattr(type(inst), "__setstate__", None)
         if setstate is not None:
+            if isinstance(inst, np.dtype):  # numpy trusts these states: a bad one corrupts
+                _check_dtype_state(inst, state)
+            elif isinstance(inst, np.ndarray):
+                _check_array_state(state)
+            else:  # e.g. scipy's coo_matrix: an attribute dict
+                _check_attributes(state)
             setstate(inst, state)
             return
         slotstate = None
         if isinstance(state, tuple) and len(state) == 2:
             state, slotstate = state
         for part in (state, slotstate):
-            if part is None:
-                continue
-            if type(part) is not dict:
-                raise PickleRefused(f"BUILD state is a {type(part).__name__}, not a dict")
-            for key in part:
-                if type(key) is not str or key.startswith("__"):
-                    raise PickleRefused(f"BUILD may not set the attribute {key!r}")
+            if part is not None:
+                _check_attributes(part)
         if state:
             inst.__dict__.update(state)
         for key, value in (slotstate or {}).items():
@@ -304,6 +335,75 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: opco
     ):
         dispatch[_op[0]] = _made(getattr(pickle._Unpickler, _name))
     del _op, _name, _made
+
+
+def _check_attributes(state: Any) -> None:
+    """A BUILD attribute dict: plain, non-dunder names only (no ``__setstate__``, ``__class__``
+    or ``__dict__`` planted on an object)."""
+    if type(state) is not dict:
+        raise PickleRefused(f"BUILD state is a {type(state).__name__}, not a dict")
+    for key in state:
+        if type(key) is not str or key.startswith("__"):
+            raise PickleRefused(f"BUILD may not set the attribute {key!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_dtype_state(dtype: np.dtype, state: Any) -> None:
+    """Accepts only the state numpy writes for a plain (non-structured) dtype: the byte order,
+    and sizes / flags equal to the descriptor's own (``-1``: default)."""
+    ok = (
+        isinstance(state, tuple)
+        and len(state) in (8, 9)
+        and state[0] in (3, 4)
+        and state[1] in ("<", ">", "|", "=")
+        and state[2:5] == (None, None, None)
+        and state[5] in (-1, dtype.itemsize)
+        and state[6] in (-1, dtype.alignment)
+        and _is_int(state[7])
+        and state[7] == dtype.flags
+    )
+    if ok and len(state) == 9:  # version 4: datetime unit metadata only
+        meta = state[8]
+        ok = (
+            dtype.kind in "Mm"
+            and isinstance(meta, tuple)
+            and len(meta) == 2
+            and meta[0] is None
+            and isinstance(meta[1], tuple)
+            and len(meta[1]) == 4
+            and isinstance(meta[1][0], bytes)
+            and all(_is_int(v) for v in meta[1][1:])
+        )
+    if not ok:
+        raise PickleRefused(f"BUILD: unsupported state for numpy dtype {dtype}: {state!r:.200}")
+
+
+def _check_array_state(state: Any) -> None:
+    """``(version, shape, dtype, fortran, data)`` with data matching shape x dtype."""
+    ok = (
+        isinstance(state, tuple)
+        and len(state) == 5
+        and state[0] == 1
+        and isinstance(state[1], tuple)
+        and all(_is_int(n) and n >= 0 for n in state[1])
+        and isinstance(state[2], np.dtype)
+        and isinstance(state[3], bool)
+    )
+    if ok:
+        count = math.prod(state[1])
+        data = state[4]
+        if state[2].hasobject:
+            ok = isinstance(data, list) and len(data) == count
+        else:
+            # Python 2 pickles carry the data as a latin-1 str (one char per byte)
+            ok = (
+                isinstance(data, bytes | bytearray | str) and len(data) == count * state[2].itemsize
+            )
+    if not ok:
+        raise PickleRefused("BUILD: inconsistent numpy array state (shape, dtype and data differ)")
 
 
 def _describe(obj: Any) -> str:

@@ -336,11 +336,6 @@ def _fmri(data: str, opts: DataOptions) -> FIMPData:
         if signals.ndim != 3:
             raise ValueError(f"{data}: signals must be [R, V, T], got shape {signals.shape}")
     r, v, t = signals.shape
-    if r < 3:  # one recording each for train, validation and test
-        raise ValueError(
-            f"{name if data == SYNTHETIC else data}: fMRI data needs at least 3 recordings "
-            f"(one each for train, validation and test), got {r}"
-        )
     p = opts.fmri_patch_size
     if coords.shape != (v, 3):
         raise ValueError(f"{name}: coords must be [{v}, 3] to match signals {signals.shape}")
@@ -348,6 +343,11 @@ def _fmri(data: str, opts: DataOptions) -> FIMPData:
         raise ValueError(f"{name}: timepoints per recording must be a multiple of {p}, got {t}")
     if not np.isfinite(signals).all():
         raise ValueError(f"{name}: signals contain NaN/inf")
+    if r < 3:  # one recording each for train, validation and test
+        raise ValueError(
+            f"{name if data == SYNTHETIC else data}: fMRI data needs at least 3 recordings "
+            f"(one each for train, validation and test), got {r}"
+        )
     tok = FMRITokenizerConfig(patch_size=p, num_patches=t // p)
     rng = np.random.default_rng(opts.seed)
     if opts.graph == "none":
