@@ -11,7 +11,7 @@ from jaxfm.data.graph_formats import encode_labels, read_heterophilous_npz
 from jaxfm.data.graph_formats_text import read_tu
 from jaxfm.data.graph_validate import DatasetFormatError
 from jaxfm.data.labels import UNLABELLED, class_labels
-from jaxfm.train.fimp_data import prepare_fimp_data
+from jaxfm.fimp.data import prepare_fimp_data
 
 
 def test_encode_labels_keeps_negatives_unlabelled():

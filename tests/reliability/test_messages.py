@@ -23,7 +23,7 @@ from jaxfm.cli import main as jaxfm_main
 from jaxfm.data.graph_formats import read_npz_graph
 from jaxfm.data.graph_formats_io import read_npz
 from jaxfm.data.graph_validate import DatasetFormatError
-from jaxfm.train.fimp_data import prepare_fimp_data
+from jaxfm.fimp.data import prepare_fimp_data
 
 REPO = Path(__file__).resolve().parents[2]
 
