@@ -333,6 +333,10 @@ def load_dataset(
     kw = {"num_random_splits": num_random_splits, "seed": seed}
     if p.exists():
         return _load(_locate(p), structural_if_missing, kw)
+    is_name = re.fullmatch(r"[\w.\-]+/[\w.\- ]+", str(path_or_name)) is not None
+    if root is None and not os.environ.get("JAXFM_DATASETS"):
+        hint = " (a registry name needs root= or $JAXFM_DATASETS)" if is_name else ""
+        raise DatasetFormatError(f"{path_or_name}: no such file or folder{hint}")
     where = Path(root) if root is not None else default_root()
     if where.is_dir() and re.fullmatch(r"[\w.\-]+(/[\w.\- ]+)?", str(path_or_name)):
         refs = find_datasets(
