@@ -49,7 +49,7 @@ def test_readme_python_example_equals_its_cli_twin(tmp_path, capsys):
             epochs=10,
             data_options=DataOptions(knn=6),
             workdir=str(tmp_path / "api"),
-        ),  # fmt: skip
+        ),
         log_stream=None,
         progress=False,
     )
