@@ -336,12 +336,9 @@ def pretrain(
         )
 
     window: collections.deque = collections.deque(maxlen=50)
-    clock = [time.perf_counter()]
 
-    def step_record(step, host):
+    def step_record(step, host, seconds):
         window.append((host["dataset_correct"], host["dataset_count"]))
-        now = time.perf_counter()
-        seconds, clock[0] = now - clock[0], now
         return {
             "accuracy": float(host["correct"] / max(host["count"], 1)),
             "lr": float(lr_schedule(step)),

@@ -357,7 +357,7 @@ def fit(
     overwrite: bool = False,
     run_info: dict | None = None,
     log_every: int = 0,
-    step_record: Callable[[int, dict], dict] | None = None,
+    step_record: Callable[[int, dict, float], dict] | None = None,
     put: Callable[[Any], Any] | None = None,
     log_stream=sys.stdout,
     progress: bool = True,
@@ -384,7 +384,7 @@ def fit(
       run_info: JSON identity of the run (config, data); a resume checks it against the
         checkpoint's and names the fields that differ.
       log_every: also log a record every N steps (0: only evaluation records).
-      step_record: ``(step, host metrics) -> extra fields`` of a per-step record.
+      step_record: ``(step, host metrics, step seconds) -> extra fields`` of a per-step record.
       put: host batch -> device batch (multi-process global arrays); default: as given.
       log_stream: where JSON lines go (None: only ``metrics.jsonl``).
       progress: tqdm bar on stderr.
@@ -478,6 +478,7 @@ def fit(
                 if step + 1 < total_steps:
                     batch = next(data)  # prepared while the device runs the step
                 host = _host(metrics)
+                elapsed = time.perf_counter() - t0  # the step, its batch's preparation, the sync
                 loss = float(host["loss"])
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"{desc}: training loss became {loss} at step {step}")
@@ -488,8 +489,8 @@ def fit(
                 if (log_every and done % log_every == 0) or step_record is not None:
                     record = {"step": done, **_scalars(host)}
                     if step_record is not None:
-                        record.update(step_record(step, host))
-                    record["step_seconds"] = round(time.perf_counter() - t0, 4)
+                        record.update(step_record(step, host, elapsed))
+                    record["step_seconds"] = round(elapsed, 4)
                     steps.append(record)
                     if log_every and done % log_every == 0:
                         log(record)
