@@ -21,3 +21,10 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(autouse=True)
+def _own_working_directory(tmp_path_factory, monkeypatch):
+    """Each test runs in a fresh working directory: the default workdirs (``runs/fimp``,
+    ``runs/pretrain``, ...) of one test never meet another's, nor land in the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
