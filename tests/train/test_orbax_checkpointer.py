@@ -34,9 +34,10 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
             damaged += 1
     assert damaged
-    with pytest.warns(CorruptCheckpointWarning, match=str(tmp_path / "2")):
+    with pytest.warns(CorruptCheckpointWarning, match=f"step 2 in {tmp_path}"):
         step, state, meta = ck.restore_latest(abstract_like(_state(0)))
     assert step == 1 and meta == {"k": 1}
+    assert (tmp_path / "corrupt" / "2").is_dir() and ck.steps() == [1]  # set aside, not deleted
     np.testing.assert_array_equal(state["params"]["w"], 1.0)
 
 
