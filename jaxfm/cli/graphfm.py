@@ -3,8 +3,8 @@
 jaxfm pretrain [--config NAME] [--data PATH ...] [--steps N] [--workdir DIR] [--resume]
                [--mesh data=4,fsdp=2] [--accum N] [--checkpoint-every N]
                [--coordinator HOST:PORT --num-processes N --process-id I]
-jaxfm finetune --mode {mft,nft} --checkpoint DIR --dataset PATH [--splits all] [--output-json F]
-jaxfm embed --checkpoint DIR --dataset PATH --out FILE.npy
+jaxfm finetune --mode {mft,nft} --model-dir DIR --data PATH [--splits all] [--output-json F]
+jaxfm embed --model-dir DIR --data PATH --out FILE.npy
 jaxfm graphfm summary --config NAME [--mesh fsdp=8] [--explain-attention [--dtype bfloat16]]
 """
 
@@ -21,13 +21,28 @@ __all__ = ["add_parsers"]
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: a scheduler sees the job as stopped, not finished
 
 
-def _pretrain(args) -> int:
-    from jaxfm.train.distributed import initialize
+# flags that are part of a pretraining run's identity -> their PretrainConfig path
+_PRETRAIN_IDENTITY = {
+    "model": ("--config", "model"),
+    "data": ("--data", "data"),
+    "synthetic_graphs": ("--synthetic", "synthetic_graphs"),
+    "exclude": ("--exclude", "exclude"),
+    "steps": ("--steps", "steps"),
+    "accum": ("--accum", "accum"),
+    "devices": ("--devices", "devices"),
+    "node_budget": ("--node-budget", "node_budget"),
+    "target_budget": ("--target-budget", "target_budget"),
+    "lr": ("--lr", "optimizer.learning_rate"),
+    "dtype": ("--dtype", "model_overrides.dtype"),
+    "seed": ("--seed", "seed"),
+}
+# settings a resume may change (run.json's "outputs")
+PRETRAIN_OUTPUTS = ("checkpoint_every", "keep", "log_every", "mesh")
 
-    # before anything touches a device: several processes form one mesh
-    initialize(args.coordinator, args.num_processes, args.process_id)
 
-    from jaxfm.train.graphfm_pretrain import PretrainConfig, pretrain
+def _pretrain_config(args):
+    """The :class:`PretrainConfig` the flags describe."""
+    from jaxfm.train.graphfm_pretrain import PretrainConfig
     from jaxfm.train.optim import OptimizerConfig
 
     defaults = PretrainConfig()
@@ -36,7 +51,7 @@ def _pretrain(args) -> int:
         learning_rate=args.lr or defaults.optimizer.learning_rate,
         total_steps=args.steps,
     ).for_run(args.steps)
-    cfg = PretrainConfig(
+    return PretrainConfig(
         model=args.model,
         data=tuple(args.data or ()),
         synthetic_graphs=args.synthetic_graphs,
@@ -55,6 +70,40 @@ def _pretrain(args) -> int:
         seed=args.seed,
         model_overrides={"dtype": args.dtype} if args.dtype else {},
     )
+
+
+def _resumed_pretrain_config(args, cfg):
+    """With ``--resume`` and ``WORKDIR/run.json``: the recorded run (typed flags must match)."""
+    from pathlib import Path
+
+    from jaxfm.cli.resume import check_given, config_from_dict, read_run_json
+    from jaxfm.train.graphfm_pretrain import PretrainConfig
+
+    run_json = Path(args.workdir) / "run.json"
+    if not (args.resume and run_json.exists()):
+        return cfg
+    identity, outputs = read_run_json(args.workdir, "pretrain")
+    identity.pop("datasets", None)
+    recorded = config_from_dict(PretrainConfig, identity)
+    given = getattr(args, "given", set())
+    typed = {flag: path for dest, (flag, path) in _PRETRAIN_IDENTITY.items() if dest in given}
+    check_given(typed, cfg, recorded, run_json)
+    kept = {
+        k: getattr(cfg, k) if k in given or k not in outputs else outputs[k]
+        for k in PRETRAIN_OUTPUTS
+    }
+    return dataclasses.replace(recorded, workdir=args.workdir, **kept)
+
+
+def _pretrain(args) -> int:
+    from jaxfm.train.distributed import initialize
+
+    # before anything touches a device: several processes form one mesh
+    initialize(args.coordinator, args.num_processes, args.process_id)
+
+    from jaxfm.train.graphfm_pretrain import pretrain
+
+    cfg = _resumed_pretrain_config(args, _pretrain_config(args))
     summary = pretrain(
         cfg,
         resume=args.resume,
@@ -183,7 +232,7 @@ def add_parsers(sub) -> None:
         help="GraphFM multi-graph pretraining (no arguments: small model, synthetic SBM corpus)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_field(p, PretrainConfig, "model", "--config", "--model")
+    add_field(p, PretrainConfig, "model", "--config", "--variant", "--model")
     p.add_argument(
         "--data",
         action="append",
@@ -223,7 +272,7 @@ def add_parsers(sub) -> None:
         "--overwrite", action="store_true", help="replace an earlier run's checkpoints in --workdir"
     )
     add_field(p, PretrainConfig, "seed")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--quiet-summary", action="store_true", help="summary to stderr")
     p.set_defaults(func=_pretrain)
 
@@ -234,7 +283,12 @@ def add_parsers(sub) -> None:
         help="MFT / NFT finetuning of a pretrained GraphFM",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    flags = {"num_random_splits": ("--random-splits",), "learning_rate": ("--lr",)}
+    flags = {
+        "num_random_splits": ("--random-splits",),
+        "learning_rate": ("--lr",),
+        "checkpoint": ("--model-dir", "--checkpoint"),
+        "dataset": ("--data", "--dataset"),
+    }
     for path in _FINETUNE_FIELDS:
         extra = {"choices": ["mft", "nft"]} if path == "mode" else {}
         add_field(f, FinetuneConfig, path, *flags.get(path, ()), **extra)
@@ -245,25 +299,43 @@ def add_parsers(sub) -> None:
     )
     f.add_argument("--resume", action="store_true", help="continue; finished splits are kept")
     f.add_argument("--overwrite", action="store_true", help="replace an earlier run in --workdir")
-    f.add_argument("--output-json")
-    f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--output-json", help="also write the results (all splits) to this JSON file")
+    f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     f.set_defaults(func=_finetune)
 
     e = sub.add_parser(
         "embed",
         help="node embeddings of a graph from a pretrained GraphFM (with --model "
         "fimp-vit|fimp-scgpt|fimp-brainlm: zero-shot FIMP, see `jaxfm fimp embed -h`)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--dataset", required=True)
+    e.add_argument(
+        "--model",
+        default="graphfm",
+        choices=["graphfm", "fimp-vit", "fimp-scgpt", "fimp-brainlm"],
+        help="graphfm: a pretrained GraphFM; fimp-*: zero-shot FIMP with a converted foundation "
+        "model (its options: `jaxfm fimp embed -h`)",
+    )
+    e.add_argument(
+        "--model-dir",
+        "--checkpoint",
+        dest="checkpoint",
+        required=True,
+        help="model directory of `jaxfm pretrain` (WORKDIR/model; the WORKDIR works too)",
+    )
+    e.add_argument("--data", "--dataset", dest="dataset", required=True, help="dataset file")
     e.add_argument("--out", required=True, help="output .npy ([N, D] float32)")
     e.set_defaults(func=_embed)
 
     g = sub.add_parser("graphfm", help="GraphFM utilities")
     gsub = g.add_subparsers(dest="graphfm_command", required=True)
-    s = gsub.add_parser("summary", help="parameter counts of a config (shared trunk vs total)")
-    s.add_argument("--config", default="small")
-    s.add_argument("--json", action="store_true")
+    s = gsub.add_parser(
+        "summary",
+        help="parameter counts of a config (shared trunk vs total)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("--config", "--variant", default="small", help="GraphFM size preset")
+    s.add_argument("--json", action="store_true", help="also print the summary as JSON")
     s.add_argument("--mesh", help="also bytes per device on this mesh, e.g. fsdp=8")
     s.add_argument(
         "--explain-attention",

@@ -39,6 +39,7 @@ from jaxfm.graph.batching import Budget
 from jaxfm.model_dir import save_model_dir, write_json_atomic
 from jaxfm.ops import metrics as M
 from jaxfm.ops.masking import rank_mask
+from jaxfm.train.checkpoint import write_run_json
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
 from jaxfm.train.sharding import data_parallel_size, make_mesh
 from jaxfm.train.step import create_state, default_mesh, make_eval_step, make_train_step
@@ -458,8 +459,14 @@ def train_fimp(
     predict = _make_predict(model, mesh)
     metric, mode = _MONITOR[run.task]
     select = Select(metric=metric, mode=mode, patience=run.patience)
+    record = {
+        "fimp_train": run_info(run),
+        "outputs": {"save_dir": run.save_dir, "output_json": run.output_json},
+    }
     if run.workdir is not None:
         Path(run.workdir).mkdir(parents=True, exist_ok=True)
+        if overwrite or not (Path(run.workdir) / "run.json").exists():
+            write_run_json(run.workdir, record)  # before training: a killed run resumes from it
     fitted = fit(
         state,
         train_step,
@@ -478,7 +485,7 @@ def train_fimp(
         desc=f"fimp {run.task}",
     )
     if run.workdir is not None:
-        write_json_atomic(Path(run.workdir) / "run.json", {"fimp_train": run_info(run)})
+        write_run_json(run.workdir, record)
     best = fitted.best_params
     results = {
         "task": run.task,

@@ -34,6 +34,7 @@ from jaxfm.graphfm import (
     loss_and_metrics,
 )
 from jaxfm.model_dir import save_model_dir, write_json_atomic
+from jaxfm.train.checkpoint import write_run_json
 from jaxfm.train.distributed import is_main_process
 from jaxfm.train.optim import OptimizerConfig, make_optimizer, make_schedule
 from jaxfm.train.sharding import BATCH_AXES, data_parallel_size, make_mesh
@@ -348,6 +349,12 @@ def pretrain(
             "tokens_per_s": round(float(host["rows"]) / max(seconds, 1e-9), 1),
         }
 
+    record = {
+        "pretrain": run_info(cfg, model_cfg),
+        "outputs": {k: getattr(cfg, k) for k in ("checkpoint_every", "keep", "log_every", "mesh")},
+    }
+    if main and (overwrite or not (workdir / "run.json").exists()):
+        write_run_json(workdir, record)  # before training: a killed run can be resumed from it
     fitted = fit(
         state,
         train_step,
@@ -370,7 +377,7 @@ def pretrain(
     )
     state, preempted = fitted.state, fitted.preempted
     if main:
-        write_json_atomic(workdir / "run.json", {"pretrain": run_info(cfg, model_cfg)})
+        write_run_json(workdir, record)
     history = [r for r in read_metrics(workdir) if "loss" in r] if main else fitted.steps
     if window:
         correct = np.sum([c for c, _ in window], axis=0)
