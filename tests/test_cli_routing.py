@@ -127,3 +127,22 @@ def test_fimp_train_needs_task_unless_resuming(tmp_path, capsys):
     assert "--task is required" in capsys.readouterr().err
     assert main(["fimp", "train", "--resume", "--workdir", str(tmp_path / "none")]) == 2
     assert "no run.json" in capsys.readouterr().err
+
+
+TRAINING = [
+    ["pretrain"],
+    ["fimp", "train", "--task", "image"],
+    ["finetune", "--mode", "mft", "--model-dir", "m", "--data", "d"],
+]
+
+
+@pytest.mark.parametrize("command", TRAINING)
+def test_training_commands_pass_tensorboard_and_profile_steps(command, capsys):
+    from jaxfm.cli.fields import observability
+
+    args = _parser().parse_args([*command, "--tensorboard", "--profile-steps", "2:3"])
+    assert observability(args) == {"tensorboard": True, "profile_steps": (2, 3)}
+    off = _parser().parse_args(command)
+    assert observability(off) == {"tensorboard": False, "profile_steps": None}
+    assert main([*command, "--profile-steps", "3"]) == 2
+    assert "--profile-steps '3': expected A:B" in capsys.readouterr().err

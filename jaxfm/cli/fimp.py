@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from jaxfm.cli.fields import add_field, config_kwargs
+from jaxfm.cli.fields import add_field, add_observability_flags, config_kwargs, observability
 
 __all__ = ["add_parser"]
 
@@ -142,6 +142,7 @@ def _fimp_train(args) -> int:
         overwrite=args.overwrite,
         log_stream=sys.stdout if args.log_epochs else None,
         progress=not args.no_progress,
+        **observability(args),
     )
     summary = {
         k: results[k]
@@ -261,6 +262,7 @@ def add_parser(sub) -> None:
     )
     t.add_argument("--log-epochs", action="store_true", help="print one JSON line per epoch")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_observability_flags(t)
     t.set_defaults(func=_fimp_train)
 
     e = fsub.add_parser(

@@ -15,6 +15,8 @@ import dataclasses
 import json
 import sys
 
+from jaxfm.cli.fields import observability
+
 __all__ = ["add_parsers"]
 
 
@@ -110,6 +112,7 @@ def _pretrain(args) -> int:
         overwrite=args.overwrite,
         log_stream=sys.stdout,
         progress=not args.no_progress,
+        **observability(args),
     )
     from jaxfm.train.distributed import is_main_process
 
@@ -143,7 +146,11 @@ def _finetune(args) -> int:
     splits = None if args.splits == "all" else [int(s) for s in args.splits.split(",")]
     cfg = FinetuneConfig(**config_kwargs(args, FinetuneConfig, _FINETUNE_FIELDS), splits=splits)
     result = finetune(
-        cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        cfg,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        **observability(args),
     )
     if args.output_json:
         from jaxfm.model_dir import write_json_atomic
@@ -224,7 +231,7 @@ def _summary(args) -> int:
 
 def add_parsers(sub) -> None:
     """Registers the GraphFM commands."""
-    from jaxfm.cli.fields import add_field
+    from jaxfm.cli.fields import add_field, add_observability_flags
     from jaxfm.train.graphfm_pretrain import PretrainConfig
 
     p = sub.add_parser(
@@ -274,6 +281,7 @@ def add_parsers(sub) -> None:
     add_field(p, PretrainConfig, "seed")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--quiet-summary", action="store_true", help="summary to stderr")
+    add_observability_flags(p)
     p.set_defaults(func=_pretrain)
 
     from jaxfm.train.graphfm_finetune import FinetuneConfig
@@ -301,6 +309,7 @@ def add_parsers(sub) -> None:
     f.add_argument("--overwrite", action="store_true", help="replace an earlier run in --workdir")
     f.add_argument("--output-json", help="also write the results (all splits) to this JSON file")
     f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_observability_flags(f)
     f.set_defaults(func=_finetune)
 
     e = sub.add_parser(

@@ -379,6 +379,8 @@ def train_fimp(
     overwrite: bool = False,
     log_stream=sys.stdout,
     progress: bool = True,
+    tensorboard: bool = False,
+    profile_steps: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Trains on ``run.task`` with early stopping; returns (and optionally writes) results.
 
@@ -483,6 +485,8 @@ def train_fimp(
         log_stream=log_stream,
         progress=progress,
         desc=f"fimp {run.task}",
+        tensorboard=tensorboard,
+        profile_steps=profile_steps,
     )
     if run.workdir is not None:
         write_run_json(run.workdir, record)

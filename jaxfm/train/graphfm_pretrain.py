@@ -242,6 +242,8 @@ def pretrain(
     overwrite: bool = False,
     log_stream=sys.stdout,
     progress=True,
+    tensorboard: bool = False,
+    profile_steps: tuple[int, int] | None = None,
 ):
     """Runs (or resumes) pretraining and returns the summary dict (also ``WORKDIR/summary.json``).
 
@@ -258,6 +260,9 @@ def pretrain(
       overwrite: start afresh in a workdir that holds an earlier run's checkpoints.
       log_stream: where JSON metric lines go (None: silent).
       progress: tqdm progress bar on stderr.
+      tensorboard: also write TensorBoard events into ``WORKDIR/tensorboard``
+        (:func:`jaxfm.train.trainer.fit`; needs ``jaxfm[tensorboard]``).
+      profile_steps: ``(A, B)``: a ``jax.profiler`` trace of steps A..B in ``WORKDIR/profile``.
     """
     from jaxfm.data.corpus import build_corpus
     from jaxfm.data.packing import PackingBudget
@@ -374,6 +379,8 @@ def pretrain(
         progress=progress,
         desc="pretrain",
         main=main,
+        tensorboard=tensorboard,
+        profile_steps=profile_steps,
     )
     state, preempted = fitted.state, fitted.preempted
     if main:
