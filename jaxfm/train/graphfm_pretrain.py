@@ -78,6 +78,10 @@ class PretrainConfig:
       workdir: checkpoints, logs, final model and summary go here.
       checkpoint_every: save every N steps (and at the end); ``keep``: checkpoints kept.
       log_every: print a JSON line every N steps.
+      eval_every: every N steps (and at the end) measure the accuracy on held-out nodes of the
+        pretraining graphs (their validation split; 0: never).
+      eval_buckets: packed buckets of held-out nodes per evaluation (a fixed sample, so the
+        evaluations are comparable; each costs about ``eval_buckets`` forward passes).
       seed: data order, init and dropout.
     """
 
@@ -112,6 +116,8 @@ class PretrainConfig:
     checkpoint_every: int = 100
     keep: int = 3
     log_every: int = 1
+    eval_every: int = 100
+    eval_buckets: int = 4
     seed: int = 0
 
     def __post_init__(self):
@@ -122,6 +128,11 @@ class PretrainConfig:
             raise ValueError("PretrainConfig: checkpoint_every, log_every and keep must be >= 1")
         if self.synthetic_graphs < 0:
             raise ValueError("PretrainConfig.synthetic_graphs must be >= 0")
+        if self.eval_every < 0 or self.eval_buckets < 1:
+            raise ValueError(
+                "PretrainConfig: eval_every must be >= 0 and eval_buckets >= 1, got "
+                f"{self.eval_every} / {self.eval_buckets}"
+            )
         if not self.data and self.synthetic_graphs == 0:
             raise ValueError("PretrainConfig: no data paths and no synthetic graphs: empty corpus")
         if self.max_lr_scale < 1:
@@ -219,6 +230,57 @@ def _to_host(tree):
         return np.asarray(x)
 
     return jax.tree.map(get, tree)
+
+
+def held_out_corpus(corpus):
+    """The corpus with each graph's validation nodes as its targets (train/test unused)."""
+    from jaxfm.data.graph_dataset import Split
+
+    graphs = tuple(
+        dataclasses.replace(
+            g,
+            split=Split(train=g.split.val, val=np.zeros_like(g.split.val), test=g.split.test),
+        )
+        for g in corpus.graphs
+    )
+    return dataclasses.replace(corpus, graphs=graphs)
+
+
+def _held_out_evaluator(corpus, budget, cfg: PretrainConfig, loss_fn, mesh, names):
+    """``params -> {"accuracy", "accuracy/<dataset>"...}`` on a fixed sample of held-out nodes.
+
+    The sample (``cfg.eval_buckets`` packed buckets of validation nodes) is built once; every
+    process evaluates the same buckets on replicated parameters, so the result is the same
+    everywhere.
+    """
+    from jaxfm.data.pipeline import PackedPipeline
+
+    pipeline = PackedPipeline(
+        held_out_corpus(corpus), budget=budget, num_buckets=cfg.eval_buckets, seed=cfg.seed + 1
+    )
+    buckets = next(pipeline)
+    buckets = buckets if isinstance(buckets, list) else [buckets]
+    replicated = NamedSharding(mesh, P())
+    gather = jax.jit(lambda p: p, out_shardings=replicated)
+    metrics_of = jax.jit(
+        lambda p, b: loss_fn(p, b, jax.random.key(0), False)[1], out_shardings=replicated
+    )
+
+    def evaluate(params) -> dict[str, float]:
+        full = gather(params)
+        correct = np.zeros(len(names))
+        count = np.zeros(len(names))
+        for b in buckets:
+            m = _to_host(metrics_of(full, b))
+            correct += m["dataset_correct"]
+            count += m["dataset_count"]
+        out = {"accuracy": float(correct.sum() / max(count.sum(), 1))}
+        out.update(
+            {f"accuracy/{n}": v for n, v in _per_dataset_table(names, correct, count).items()}
+        )
+        return out
+
+    return evaluate
 
 
 def _per_dataset_table(names, correct, count) -> dict[str, float]:
@@ -360,12 +422,17 @@ def pretrain(
     }
     if main and (overwrite or not (workdir / "run.json").exists()):
         write_run_json(workdir, record)  # before training: a killed run can be resumed from it
+    evaluate = None
+    if cfg.eval_every:
+        evaluate = _held_out_evaluator(corpus, budget, cfg, loss_fn, mesh, names)
     fitted = fit(
         state,
         train_step,
         _PipelineSteps(pipeline, cfg.accum),
         total_steps=cfg.steps,
         rng=rng,
+        evaluate=evaluate,
+        eval_every=cfg.eval_every or None,
         workdir=workdir,
         checkpoint_every=cfg.checkpoint_every,
         keep=cfg.keep,
@@ -392,6 +459,12 @@ def pretrain(
     else:
         correct = count = np.zeros(len(names))
 
+    last_eval = fitted.history[-1] if fitted.history else {}
+    held_out = {
+        k.removeprefix("val_accuracy/"): v
+        for k, v in last_eval.items()
+        if k.startswith("val_accuracy/")
+    }
     replicated = NamedSharding(mesh, P())
     params_np = _to_host(jax.jit(lambda p: p, out_shardings=replicated)(state.params))
     summary = {
@@ -410,6 +483,8 @@ def pretrain(
         else None,
         "train_accuracy_per_dataset": _per_dataset_table(names, correct, count),
         "train_accuracy_window_steps": len(window),
+        "heldout_accuracy_per_dataset": held_out,
+        "heldout_accuracy_step": fitted.history[-1]["step"] if fitted.history else None,
         "signal": fitted.signal,
         "parameters": int(sum(x.size for x in jax.tree.leaves(params_np))),
         "seconds": round(time.perf_counter() - t_start, 1),

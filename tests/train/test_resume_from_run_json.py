@@ -26,7 +26,7 @@ def test_pretrain_resume_with_only_workdir(tmp_path, capsys):
     # the run's config (tiny model overrides, 4 SBM graphs, 4 steps) comes from run.json
     assert main(argv) == 0
     lines = _lines(capsys)
-    assert [r["step"] for r in lines if "step" in r] == [3, 4]
+    assert [r["step"] for r in lines if "loss" in r] == [3, 4]
     assert lines[-1]["summary"]["datasets"] == 4 and (tmp_path / "w" / "model").is_dir()
 
 
