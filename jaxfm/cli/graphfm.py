@@ -39,7 +39,7 @@ _PRETRAIN_IDENTITY = {
     "seed": ("--seed", "seed"),
 }
 # settings a resume may change (run.json's "outputs")
-PRETRAIN_OUTPUTS = ("checkpoint_every", "keep", "log_every", "mesh")
+PRETRAIN_OUTPUTS = ("checkpoint_every", "keep", "log_every", "mesh", "eval_every", "eval_buckets")
 
 
 def _pretrain_config(args):
@@ -69,6 +69,7 @@ def _pretrain_config(args):
         workdir=args.workdir,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
+        eval_every=args.eval_every,
         seed=args.seed,
         model_overrides={"dtype": args.dtype} if args.dtype else {},
     )
@@ -274,6 +275,7 @@ def add_parsers(sub) -> None:
     add_field(p, PretrainConfig, "workdir")
     add_field(p, PretrainConfig, "checkpoint_every")
     add_field(p, PretrainConfig, "log_every")
+    add_field(p, PretrainConfig, "eval_every")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run's checkpoints in --workdir"

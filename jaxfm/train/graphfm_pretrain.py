@@ -288,10 +288,14 @@ def _per_dataset_table(names, correct, count) -> dict[str, float]:
     return {n: float(c / k) for n, c, k in zip(names, correct, count, strict=True) if k > 0}
 
 
+# settings a resume may change: they shape the logs, checkpoints and evaluations, not the steps
+RESUMABLE_OUTPUTS = ("checkpoint_every", "keep", "log_every", "mesh", "eval_every", "eval_buckets")
+
+
 def run_info(cfg: PretrainConfig, model_cfg: GraphFMConfig) -> dict:
     """What a resume must repeat: the config (minus output settings) and the corpus."""
     info = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    for k in ("workdir", "checkpoint_every", "keep", "log_every", "mesh"):
+    for k in ("workdir", *RESUMABLE_OUTPUTS):
         info.pop(k, None)
     info["datasets"] = [s.name for s in model_cfg.datasets]
     return info
@@ -418,7 +422,7 @@ def pretrain(
 
     record = {
         "pretrain": run_info(cfg, model_cfg),
-        "outputs": {k: getattr(cfg, k) for k in ("checkpoint_every", "keep", "log_every", "mesh")},
+        "outputs": {k: getattr(cfg, k) for k in RESUMABLE_OUTPUTS},
     }
     if main and (overwrite or not (workdir / "run.json").exists()):
         write_run_json(workdir, record)  # before training: a killed run can be resumed from it
