@@ -281,6 +281,7 @@ def add_parser(sub) -> None:
         "--model-dir",
         "--checkpoint",
         dest="checkpoint",
+        metavar="DIR",
         required=True,
         help="model directory from `jaxfm convert`",
     )
@@ -305,6 +306,7 @@ def add_parser(sub) -> None:
         "--model-dir",
         "--model",
         dest="model",
+        metavar="DIR",
         required=True,
         help="model directory from `fimp train --save`",
     )

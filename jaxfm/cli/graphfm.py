@@ -299,8 +299,11 @@ def add_parsers(sub) -> None:
         "checkpoint": ("--model-dir", "--checkpoint"),
         "dataset": ("--data", "--dataset"),
     }
+    metavars = {"checkpoint": "DIR", "dataset": "PATH"}
     for path in _FINETUNE_FIELDS:
         extra = {"choices": ["mft", "nft"]} if path == "mode" else {}
+        if path in metavars:
+            extra["metavar"] = metavars[path]
         add_field(f, FinetuneConfig, path, *flags.get(path, ()), **extra)
     f.add_argument(
         "--splits",
@@ -331,10 +334,13 @@ def add_parsers(sub) -> None:
         "--model-dir",
         "--checkpoint",
         dest="checkpoint",
+        metavar="DIR",
         required=True,
         help="model directory of `jaxfm pretrain` (WORKDIR/model; the WORKDIR works too)",
     )
-    e.add_argument("--data", "--dataset", dest="dataset", required=True, help="dataset file")
+    e.add_argument(
+        "--data", "--dataset", dest="dataset", metavar="PATH", required=True, help="dataset file"
+    )
     e.add_argument("--out", required=True, help="output .npy ([N, D] float32)")
     e.set_defaults(func=_embed)
 
