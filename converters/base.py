@@ -209,6 +209,7 @@ def write_model_dir(
             converted.params,
             converted.config,
             extra_files=converted.extra_files,
+            source=None if src is None else str(src),
         )
         if release_params:
             converted.params = {}

@@ -33,7 +33,8 @@ class _VerifyFailed(Exception):
 def build_parser(family_module=None) -> argparse.ArgumentParser:
     """The ``convert`` parser; a family module may add options via ``add_arguments(parser)``."""
     parser = argparse.ArgumentParser(
-        prog="convert",
+        prog="jaxfm convert",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Convert a PyTorch / safetensors checkpoint to a jaxfm (Flax) model "
         "directory. No PyTorch needed; pickled code is never executed.",
     )

@@ -30,7 +30,7 @@ def _offline() -> bool:
 def _local_hint(src: str, filenames: Sequence[str]) -> str:
     files = ", ".join(filenames) if filenames else "the checkpoint files"
     return (
-        f"download the model elsewhere (e.g. `huggingface-cli download {src}`) and pass its "
+        f"download the model elsewhere (e.g. `hf download {src}`) and pass its "
         f"local directory (holding {files}) or checkpoint file as SRC instead of the hub id"
     )
 
@@ -57,11 +57,6 @@ def resolve_source(src: str | os.PathLike, *, filenames: Sequence[str] = ()) -> 
         raise ConversionError(f"source {text!r} does not exist (no such file or directory)")
     repo = re.sub(r"^hf:(//)?", "", text)
     repo, _, revision = repo.partition("@")
-    if _offline():
-        raise ConversionError(
-            f"source {text!r} is not a local path and the Hugging Face hub is offline "
-            f"(HF_HUB_OFFLINE is set): {_local_hint(repo, filenames)}"
-        )
     try:
         from huggingface_hub import snapshot_download
 
@@ -71,6 +66,12 @@ def resolve_source(src: str | os.PathLike, *, filenames: Sequence[str] = ()) -> 
             allow_patterns=list(filenames) or None,
         )
     except Exception as e:  # offline, unknown repo, gated, network errors, ...
+        if _offline():  # huggingface_hub serves cached snapshots offline; this one is not cached
+            raise ConversionError(
+                f"source {text!r} is not a local path, the Hugging Face hub is offline "
+                f"(HF_HUB_OFFLINE is set) and no cached snapshot of it exists: "
+                f"{_local_hint(repo, filenames)}"
+            ) from e
         raise ConversionError(
             f"could not fetch {text!r} from the Hugging Face hub ({type(e).__name__}: {e}); "
             f"{_local_hint(repo, filenames)}"

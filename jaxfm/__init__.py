@@ -3,7 +3,7 @@
 ``jaxfm.load_model(dir_or_hub_id) -> (model, config, params)`` loads any jaxfm model directory.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__", "load_model"]
 

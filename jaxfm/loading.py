@@ -64,7 +64,9 @@ def model_from_config(config: dict, source: str = "config.json") -> nn.Module:
 def resolve_model_dir(path_or_id: str | os.PathLike) -> Path:
     """A local model directory, or a hub id (``owner/name``) fetched through huggingface_hub.
 
-    A local path wins over a hub id of the same spelling. huggingface_hub caches downloads and,
+    A run's workdir (``jaxfm pretrain --workdir DIR``) is understood: a directory without
+    ``config.json`` whose ``model/`` subfolder is a model directory resolves to that subfolder.
+    A local path winss over a hub id of the same spelling. huggingface_hub caches downloads and,
     with ``HF_HUB_OFFLINE=1``, serves a cached snapshot without the network.
 
     Raises:
@@ -72,7 +74,16 @@ def resolve_model_dir(path_or_id: str | os.PathLike) -> Path:
     """
     path = Path(path_or_id)
     if path.is_dir():
-        return path
+        if (path / CONFIG_FILE).exists():
+            return path
+        if (path / "model" / CONFIG_FILE).exists():
+            return path / "model"  # a run's workdir: its final model
+        inside = sorted(str(c.parent) for c in path.glob(f"*/{CONFIG_FILE}"))
+        hint = f"; model directories inside it: {', '.join(inside)}" if inside else ""
+        raise FileNotFoundError(
+            f"model {path}: not a model directory (no {CONFIG_FILE}); pass the folder that "
+            f"holds {PARAMS_FILE} and {CONFIG_FILE}, e.g. WORKDIR/model of a training run{hint}"
+        )
     text = str(path_or_id)
     if not _HUB_ID.match(text) or path.exists():
         raise FileNotFoundError(

@@ -4,7 +4,9 @@ This is the format converters write and trained FIMP models are saved in. Writin
 files go to a temporary sibling directory that is renamed into place only when complete, so a
 crash never leaves a half-written model directory (an existing one is replaced only at the end).
 A directory may also carry extra files (e.g. a tokenizer vocabulary) written in the same atomic
-step (``save_model_dir(..., extra_files=...)``, read back with :func:`load_extra_file`).
+step (``save_model_dir(..., extra_files=...)``, read back with :func:`load_extra_file`). Every
+directory gets a ``README.md`` model card (:func:`model_card`: family, config summary, training
+data or source checkpoint, jaxfm version, how to load it) unless the caller supplies its own.
 
 The parameter file is written and read with the safetensors library (``save_file`` writes
 contiguous arrays without copying them; ``safe_open`` reads one tensor at a time and validates
@@ -39,6 +41,7 @@ __all__ = [
     "list_extra_files",
     "load_extra_file",
     "load_model_dir",
+    "model_card",
     "save_model_dir",
     "write_json_atomic",
     "write_npy_atomic",
@@ -46,6 +49,18 @@ __all__ = [
 
 PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+
+# config keys shown in the card's summary table, per family (nested under the family's key)
+_CARD_FIELDS = {
+    "graphfm": ("dim", "num_latents", "encoder_depth", "decoder_depth", "feature_dim", "pe_dim",
+                "num_neighbors", "dtype"),
+    "fimp": ("dim", "num_layers", "aggregation", "separate_self", "dtype"),
+    "vit": ("layout", "hidden_size", "num_layers", "num_heads", "patch_size", "image_size"),
+    "scgpt": ("d_model", "nlayers", "nhead", "ntoken"),
+    "brainlm": ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                "num_timepoints_per_voxel"),
+}  # fmt: skip
 
 
 class OutputWriteError(OSError, ValueError):
@@ -163,20 +178,85 @@ def _check_extra_name(name: str) -> None:
         )
 
 
+def _card_value(value) -> str:
+    text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def model_card(config: Mapping, *, num_params: int | None = None, source: str | None = None) -> str:
+    """The ``README.md`` of a model directory, built from its ``config.json`` dict.
+
+    Args:
+      config: the directory's config (``"family"`` plus the family's fields).
+      num_params: parameter count, if known.
+      source: training data or source checkpoint (default: what the config records).
+
+    Example:
+      >>> card = model_card({"family": "vit", "hidden_size": 8}, num_params=10, source="x.bin")
+      >>> print(card.splitlines()[0])
+      # jaxfm model: vit
+      >>> "jaxfm.load_model" in card and "| hidden_size | 8 |" in card
+      True
+    """
+    from jaxfm import __version__
+
+    family = str(config.get("family") or ("graphfm" if "graphfm" in config else "unknown"))
+    body = config.get(family) if isinstance(config.get(family), Mapping) else config
+    rows = [(k, body[k]) for k in _CARD_FIELDS.get(family, ()) if k in body]
+    if family == "fimp":
+        rows = [("task", config.get("task")), ("num_classes", config.get("num_classes")), *rows]
+    if num_params is not None:
+        rows.append(("parameters", f"{num_params:,}"))
+    if source is None:
+        if family == "graphfm":
+            names = [d.get("name", "?") for d in body.get("datasets", ())]
+            source = f"{len(names)} pretraining datasets: {', '.join(names)}" if names else None
+        elif family == "fimp":
+            source = f"{config.get('data')}" if config.get("data") else None
+    lines = [
+        f"# jaxfm model: {family}",
+        "",
+        f"Written by jaxfm {__version__}. Files: `{PARAMS_FILE}` (the Flax parameter tree, "
+        f"`/`-joined paths) and `{CONFIG_FILE}` (the full config).",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {k} | {_card_value(v)} |" for k, v in rows),
+        "",
+        f"**Training data / source checkpoint:** {source or 'not recorded'}",
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "import jaxfm",
+        "",
+        'model, config, params = jaxfm.load_model("path/to/this/directory")  # or a hub id',
+        'out = model.apply({"params": params}, ...)',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def save_model_dir(
     path: str | os.PathLike,
     params: dict,
     config: dict,
     *,
     extra_files: dict[str, str | bytes] | None = None,
+    source: str | None = None,
 ) -> Path:
     """Atomically writes ``params`` (nested dict) and ``config`` (JSON-able) to dir ``path``.
+
+    A ``README.md`` model card (:func:`model_card`) is written too, unless ``extra_files`` has one.
 
     Args:
       path: the model directory (replaced as a whole if it exists).
       params: nested dict of arrays.
       config: JSON-able dict, written to ``config.json``.
       extra_files: ``{relative name: text or bytes}`` written beside them (e.g. a vocabulary).
+      source: training data or source checkpoint named in the model card (default: what the
+        config records).
 
     The directory and its files get the modes the umask gives (not ``mkdtemp``'s 0700), and
     ``params.safetensors`` carries ``__metadata__`` (``format``, ``jaxfm_version``, ``family``).
@@ -192,6 +272,9 @@ def save_model_dir(
         _check_extra_name(name)
     config_text = json.dumps(config, indent=2, sort_keys=True)
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    if CARD_FILE not in extra_files:
+        num_params = int(sum(v.size for v in flat.values()))
+        extra_files[CARD_FILE] = model_card(config, num_params=num_params, source=source)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))

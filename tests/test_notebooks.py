@@ -57,7 +57,9 @@ def test_stored_notebook_is_clean_and_uses_the_library(name):
         assert cell["execution_count"] is None, f"{name}: code cell {i} has an execution count"
     install = _source(code[0])
     assert "JAXFM_REPO" in install and "JAXFM_SKIP_INSTALL" in install
-    assert 'f"jaxfm @ git+{JAXFM_REPO}"' in install
+    assert 'f"jaxfm @ git+{JAXFM_REPO}"' in install and "JAXFM_WHEEL" in install
+    assert "python -m build" in install  # says how to get jaxfm into Colab
+    assert "github.com/jaxfm" not in install, "no default URL: jaxfm has no public repository"
     modules, defined = set(), set()
     for cell in code:
         tree = ast.parse(_source(cell))

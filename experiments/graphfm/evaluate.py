@@ -2,18 +2,19 @@
 
 One command (from the repository root, after the README install):
 
-    python experiments/graphfm/evaluate.py                 # full run (see experiments/README.md)
-    python experiments/graphfm/evaluate.py --quick         # smoke: tiny budgets, 1 split each
+    python experiments/graphfm/evaluate.py --update-results  # full run; updates committed tables
+    python experiments/graphfm/evaluate.py --quick           # smoke: tiny budgets, 1 split each
 
 Steps:
 1. ``jaxfm pretrain`` on every graph under ``../shared/datasets`` EXCEPT the evaluation graphs
    (matched by name, including their copies in other collections), plus synthetic SBM graphs.
 2. For each evaluation graph: MFT and NFT from that checkpoint, and a GCN and an MLP, all on the
    same splits (the public ones where the file has them, else seeded 60/20/20).
-3. Writes ``experiments/results/<out-name>/{results.json,results.md,accuracy.png}`` with the
-   paper's numbers (GraphFM Table A6, 75M model) beside ours, after each graph. Graphs already in
-   that folder from an earlier invocation are kept (each row records its own epochs and splits),
-   so the heterophilic and homophilic runs can share one table.
+3. Writes ``WORKDIR/results/<out-name>/{results.json,results.md,accuracy.png}`` (with
+   ``--update-results``: the committed ``experiments/results/<out-name>/``) with the paper's
+   numbers (GraphFM Table A6, 75M model) beside ours, after each graph. Graphs already in that
+   folder from an earlier invocation are kept (each row records its own epochs and splits), so
+   the heterophilic and homophilic runs can share one table.
 """
 
 from __future__ import annotations
@@ -63,6 +64,24 @@ def _fmt(r: dict | None) -> str:
     return f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}"
 
 
+def results_dir(workdir: str | Path, out_name: str, *, update: bool, quick: bool) -> Path:
+    """Where the tables go: ``WORKDIR/results/OUT_NAME``, or the committed
+    ``experiments/results/OUT_NAME`` with ``--update-results`` (never for a ``--quick`` smoke run,
+    whose tiny budgets would overwrite the paper-comparison rows).
+
+    Raises:
+      ValueError: ``--update-results`` together with ``--quick``.
+    """
+    if update and quick:
+        raise ValueError(
+            "--update-results with --quick: a smoke run's numbers must not replace the committed "
+            "results; drop one of them"
+        )
+    if update:
+        return REPO / "experiments" / "results" / out_name
+    return Path(workdir) / "results" / out_name
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny budgets, one split (smoke run)")
@@ -76,6 +95,11 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--lr", type=float, default=3e-3, help="finetuning lr (AdamW, all datasets)")
     ap.add_argument("--out-name", default="graphfm_eval", help="results folder (merged)")
+    ap.add_argument(
+        "--update-results",
+        action="store_true",
+        help="write into the committed experiments/results/OUT_NAME (default: WORKDIR/results)",
+    )
     ap.add_argument("--splits", default="0,1,2", help="splits per evaluation graph ('all')")
     ap.add_argument("--datasets", default=",".join(EVAL), help="subset of the evaluation graphs")
     ap.add_argument("--workdir", default=str(REPO / "runs" / "graphfm_eval"))
@@ -86,6 +110,10 @@ def main(argv=None) -> int:
         help=f"subset of {MODELS}; rows already in the results folder keep their other models",
     )
     args = ap.parse_args(argv)
+    try:  # before any training: a refused output must not cost a pretraining run
+        results_dir(args.workdir, args.out_name, update=args.update_results, quick=args.quick)
+    except ValueError as e:
+        ap.error(str(e))
     if not SHARED.is_dir():
         print(f"{SHARED} is absent: this experiment needs ../shared/datasets", file=sys.stderr)
         return 1
@@ -124,7 +152,7 @@ def main(argv=None) -> int:
         timings["pretrain_s"] = summary["seconds"]
     model_dir = workdir / "model"
 
-    out = REPO / "experiments" / "results" / args.out_name
+    out = results_dir(workdir, args.out_name, update=args.update_results, quick=args.quick)
     rows, timings = _read_previous(out, timings)
     models = args.models.split(",")
     unknown = sorted(set(models) - set(MODELS))

@@ -1,13 +1,18 @@
 """The ``jaxfm`` command. Thin: it parses arguments and calls library functions.
 
-jaxfm fimp train --task {expression,celltype,fmri,image} --data PATH|synthetic [...]
-jaxfm fimp attention-map --model DIR --out DIR [...]
-jaxfm convert {vit,scgpt,brainlm} SRC OUT [--verify GOLDEN.npz]
 jaxfm pretrain [--config NAME] [--data PATH ...] [--steps N] [--workdir DIR] [--resume]
-jaxfm finetune --mode {mft,nft} --checkpoint DIR --dataset PATH [--output-json FILE]
-jaxfm embed --checkpoint DIR --dataset PATH --out FILE.npy              (GraphFM)
-jaxfm embed --model fimp-vit --checkpoint OUT --data PATH --out FILE.npy (zero-shot FIMP)
+jaxfm finetune --mode {mft,nft} --model-dir DIR --data PATH [--output-json FILE]
+jaxfm embed --model-dir DIR --data PATH --out FILE.npy                 (GraphFM)
+jaxfm embed --model fimp-vit --model-dir OUT --data PATH --out FILE.npy (zero-shot FIMP)
+jaxfm fimp train --task {expression,celltype,fmri,image} --data PATH|synthetic [...]
+jaxfm fimp attention-map --model-dir DIR --out DIR [...]
+jaxfm convert {vit,scgpt,brainlm} SRC OUT [--verify GOLDEN.npz]
 jaxfm graphfm summary --config NAME
+
+One vocabulary: --data is a dataset, --model-dir a model directory (a run's WORKDIR is understood
+too: its model/ folder is used), --config/--variant a size preset. The older spellings --dataset
+and --checkpoint are accepted as aliases. `--resume --workdir DIR` repeats the run recorded in
+DIR/run.json. Outputs go under runs/ by default.
 """
 
 from __future__ import annotations
@@ -32,15 +37,19 @@ def _convert(args) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from jaxfm import __version__
+
     p = argparse.ArgumentParser(
         prog="jaxfm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--version", action="version", version=f"jaxfm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     graphfm.add_parsers(sub)
     fimp.add_parser(sub)
     c = sub.add_parser(
         "convert",
-        help="port a PyTorch checkpoint (ViT, scGPT, BrainLM) to a Flax model directory",
+        help="port a PyTorch checkpoint (ViT, scGPT, BrainLM) to a Flax model directory "
+        "(`jaxfm convert --help` for its arguments)",
         add_help=False,
     )
     c.add_argument("convert_args", nargs=argparse.REMAINDER)
@@ -48,23 +57,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+FIMP_EMBED_MODELS = ("fimp-vit", "fimp-scgpt", "fimp-brainlm")
+
+
 def _route_embed(argv: list[str]) -> list[str]:
-    """`jaxfm embed --model fimp-*` is `jaxfm fimp embed` (zero-shot FIMP); default: GraphFM."""
+    """`jaxfm embed --model fimp-*` is `jaxfm fimp embed` (zero-shot FIMP); default: GraphFM.
+
+    Only the value of ``--model`` decides; every other argument is passed on unchanged.
+    """
     if not argv or argv[0] != "embed":
         return argv
     rest = argv[1:]
-    model = next(
-        (rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--model"),
-        next((a.split("=", 1)[1] for a in rest if a.startswith("--model=")), "graphfm"),
-    )
-    if not model.startswith("fimp-"):
-        return ["embed"] + [a for a in rest if a not in ("--model", "graphfm", "--model=graphfm")]
-    return ["fimp", "embed"] + ["--data" if a == "--dataset" else a for a in rest]
+    model = None
+    for i, a in enumerate(rest):
+        if a == "--model" and i + 1 < len(rest):
+            model = rest[i + 1]
+        elif a.startswith("--model="):
+            model = a.split("=", 1)[1]
+    if model in FIMP_EMBED_MODELS:
+        return ["fimp", "embed", *rest]
+    return argv
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = _route_embed(list(sys.argv[1:] if argv is None else argv))
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["convert"]:  # the converter owns its arguments, --help included
+        return _convert(argparse.Namespace(convert_args=argv[1:]))
+    argv = _route_embed(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from jaxfm.cli.resume import given_dests
+
+    args.given = given_dests(parser, argv)  # the flags typed, for --resume's checks
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as e:

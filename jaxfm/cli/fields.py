@@ -29,7 +29,13 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["add_field", "config_kwargs", "field_default"]
+__all__ = [
+    "add_field",
+    "add_observability_flags",
+    "config_kwargs",
+    "field_default",
+    "observability",
+]
 
 
 def _field(cls, name: str) -> dataclasses.Field:
@@ -139,3 +145,28 @@ def config_kwargs(args: argparse.Namespace, cls, paths: list[str]) -> dict:
         base = field_default(cls, head)
         out[head] = dataclasses.replace(base, **values)
     return out
+
+
+def add_observability_flags(parser) -> None:
+    """``--tensorboard`` and ``--profile-steps A:B`` of the training commands (default off)."""
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the logged metrics as TensorBoard events in WORKDIR/tensorboard "
+        "(needs pip install 'jaxfm[tensorboard]')",
+    )
+    parser.add_argument(
+        "--profile-steps",
+        metavar="A:B",
+        help="record a jax.profiler trace of steps A..B (1-based, inclusive) into WORKDIR/profile",
+    )
+
+
+def observability(args) -> dict:
+    """The ``tensorboard`` / ``profile_steps`` keyword arguments of a trainer, from the flags."""
+    from jaxfm.train.trainer import parse_profile_steps
+
+    return {
+        "tensorboard": args.tensorboard,
+        "profile_steps": parse_profile_steps(args.profile_steps),
+    }

@@ -2,19 +2,21 @@
 
 jaxfm fimp train --task {expression,celltype,fmri,image} --data PATH|synthetic
                  [--model {fimp,mlp,gcn,sage,gat,gin,gps}] [--fill {zero,noise,mean,interp}]
-                 [--init {scratch,vit,scgpt,genept,brainlm} --checkpoint OUT|TABLE] [...]
-jaxfm fimp embed --model {fimp-vit,fimp-scgpt,fimp-brainlm} --checkpoint OUT --data PATH|synthetic
+                 [--init {scratch,vit,scgpt,genept,brainlm} --model-dir OUT|TABLE] [...]
+jaxfm fimp embed --model {fimp-vit,fimp-scgpt,fimp-brainlm} --model-dir OUT --data PATH|synthetic
                  --out FILE.npy [...]
-jaxfm fimp attention-map --model DIR [--data PATH] --out DIR [...]
+jaxfm fimp attention-map --model-dir DIR [--data PATH] --out DIR [...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
 
-from jaxfm.cli.fields import add_field, config_kwargs
+from jaxfm.cli.fields import add_field, add_observability_flags, config_kwargs, observability
 
 __all__ = ["add_parser"]
 
@@ -71,9 +73,50 @@ def _data_options(args):
     return config_kwargs(args, RunConfig, _DATA_FIELDS)["data_options"]
 
 
+# FIMPConfig overrides given as their own flags: dest -> overrides key
+_OVERRIDE_FLAGS = {
+    "num_layers": "num_layers",
+    "dim": "dim",
+    "edge_chunk_size": "edge_chunk_size",
+    "dropout": "dropout",
+    "dtype": "dtype",
+    "shared_self": "separate_self",
+}
+_OUTPUT_FIELDS = ("save_dir", "output_json")
+
+
+def _resumed_run(args, run):
+    """With ``--resume`` and ``WORKDIR/run.json``: the recorded run (typed flags must match)."""
+    from jaxfm.cli.resume import check_given, config_from_dict, read_run_json
+    from jaxfm.train.fimp import RunConfig
+
+    if not (args.resume and args.workdir and (Path(args.workdir) / "run.json").exists()):
+        return run
+    run_json = Path(args.workdir) / "run.json"
+    identity, outputs = read_run_json(args.workdir, "fimp_train")
+    recorded = config_from_dict(RunConfig, identity)
+    given = getattr(args, "given", set())
+    typed = {}
+    for path in [*_RUN_FIELDS, *_DATA_FIELDS]:
+        if path.replace(".", "__") in given and path not in ("workdir", *_OUTPUT_FIELDS):
+            typed["--" + path.split(".")[-1].replace("_", "-")] = path
+    for dest, key in _OVERRIDE_FLAGS.items():
+        if dest in given:
+            typed["--" + dest.replace("_", "-")] = f"overrides.{key}"
+    check_given(typed, run, recorded, run_json)
+    kept = {
+        k: getattr(run, k) if k in given or k not in outputs else outputs[k] for k in _OUTPUT_FIELDS
+    }
+    return dataclasses.replace(recorded, workdir=args.workdir, **kept)
+
+
 def _fimp_train(args) -> int:
     from jaxfm.train.fimp import RunConfig, train_fimp
 
+    if args.task is None and not args.resume:
+        raise ValueError(
+            "fimp train: --task is required (with --resume it is read from WORKDIR/run.json)"
+        )
     overrides = {}
     for name in ("num_layers", "dim", "edge_chunk_size", "dropout"):
         value = getattr(args, name)
@@ -83,17 +126,23 @@ def _fimp_train(args) -> int:
         overrides["dtype"] = args.dtype
     if args.shared_self:
         overrides["separate_self"] = False
-    run = RunConfig(
-        **config_kwargs(args, RunConfig, _RUN_FIELDS),
-        data_options=_data_options(args),
-        overrides=overrides,
-    )
+    kwargs = config_kwargs(args, RunConfig, _RUN_FIELDS)
+    if kwargs["task"] is None:  # --resume without --task: a placeholder until run.json is read
+        kwargs["task"] = "expression"
+        if not (Path(args.workdir or ".") / "run.json").exists():
+            raise ValueError(
+                f"fimp train --resume: no run.json in --workdir {args.workdir}; pass --task "
+                "and the run's other flags"
+            )
+    run = RunConfig(**kwargs, data_options=_data_options(args), overrides=overrides)
+    run = _resumed_run(args, run)
     results = train_fimp(
         run,
         resume=args.resume,
         overwrite=args.overwrite,
         log_stream=sys.stdout if args.log_epochs else None,
         progress=not args.no_progress,
+        **observability(args),
     )
     summary = {
         k: results[k]
@@ -178,6 +227,8 @@ def add_parser(sub) -> None:
         "optimizer.schedule": ["constant", "warmup_cosine", "step_decay"],
     }
     flags = {
+        "variant": ("--variant", "--config"),
+        "checkpoint": ("--model-dir", "--checkpoint"),
         "baseline_hidden": ("--hidden", "--baseline-hidden"),
         "baseline_depth": ("--depth", "--baseline-depth"),
         "save_dir": ("--save", "--save-dir"),
@@ -190,12 +241,14 @@ def add_parser(sub) -> None:
     }
     for path in _RUN_FIELDS:
         extra = {"choices": choices[path]} if path in choices else {}
+        if path == "task":  # checked in _fimp_train: --resume reads it from run.json
+            extra["required"] = False
         add_field(t, RunConfig, path, *flags.get(path, ()), **extra)
     _add_data_arguments(t)
     t.add_argument("--num-layers", type=int, help="FIMP layers (message-passing hops)")
     t.add_argument("--dim", type=int, help="token width")
-    t.add_argument("--dropout", type=float)
-    t.add_argument("--dtype", choices=["float32", "bfloat16"])
+    t.add_argument("--dropout", type=float, help="dropout rate (default: the variant's)")
+    t.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
     t.add_argument(
         "--shared-self",
         action="store_true",
@@ -209,17 +262,32 @@ def add_parser(sub) -> None:
     )
     t.add_argument("--log-epochs", action="store_true", help="print one JSON line per epoch")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_observability_flags(t)
     t.set_defaults(func=_fimp_train)
 
     e = fsub.add_parser(
         "embed",
         help="zero-shot node embeddings from a pretrained model run in cross-node form over "
         "the node graph (no graph training); writes .npy + .json",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    e.add_argument("--model", required=True, choices=["fimp-vit", "fimp-scgpt", "fimp-brainlm"])
-    e.add_argument("--checkpoint", required=True, help="model directory from `jaxfm convert`")
+    e.add_argument(
+        "--model",
+        required=True,
+        choices=["fimp-vit", "fimp-scgpt", "fimp-brainlm"],
+        help="which foundation model family runs the cross-node messages",
+    )
+    e.add_argument(
+        "--model-dir",
+        "--checkpoint",
+        dest="checkpoint",
+        metavar="DIR",
+        required=True,
+        help="model directory from `jaxfm convert`",
+    )
     e.add_argument(
         "--data",
+        "--dataset",
         default="synthetic",
         help="dataset file (images .npz, spatial .h5ad/.loom, fMRI .npz) or 'synthetic'",
     )
@@ -232,8 +300,16 @@ def add_parser(sub) -> None:
         "attention-map",
         help="token x token cross-attention between neighbours, averaged by node "
         "group; writes .npz + heatmap .png",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    a.add_argument("--model", required=True, help="model directory from `fimp train --save`")
+    a.add_argument(
+        "--model-dir",
+        "--model",
+        dest="model",
+        metavar="DIR",
+        required=True,
+        help="model directory from `fimp train --save`",
+    )
     a.add_argument("--data", help="dataset (default: the one the model was trained on)")
     a.add_argument("--out", required=True, help="output directory")
     a.add_argument(

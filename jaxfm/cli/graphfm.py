@@ -3,8 +3,8 @@
 jaxfm pretrain [--config NAME] [--data PATH ...] [--steps N] [--workdir DIR] [--resume]
                [--mesh data=4,fsdp=2] [--accum N] [--checkpoint-every N]
                [--coordinator HOST:PORT --num-processes N --process-id I]
-jaxfm finetune --mode {mft,nft} --checkpoint DIR --dataset PATH [--splits all] [--output-json F]
-jaxfm embed --checkpoint DIR --dataset PATH --out FILE.npy
+jaxfm finetune --mode {mft,nft} --model-dir DIR --data PATH [--splits all] [--output-json F]
+jaxfm embed --model-dir DIR --data PATH --out FILE.npy
 jaxfm graphfm summary --config NAME [--mesh fsdp=8] [--explain-attention [--dtype bfloat16]]
 """
 
@@ -15,19 +15,36 @@ import dataclasses
 import json
 import sys
 
+from jaxfm.cli.fields import observability
+
 __all__ = ["add_parsers"]
 
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: a scheduler sees the job as stopped, not finished
 
 
-def _pretrain(args) -> int:
-    from jaxfm.train.distributed import initialize
+# flags that are part of a pretraining run's identity -> their PretrainConfig path
+_PRETRAIN_IDENTITY = {
+    "model": ("--config", "model"),
+    "data": ("--data", "data"),
+    "synthetic_graphs": ("--synthetic", "synthetic_graphs"),
+    "exclude": ("--exclude", "exclude"),
+    "steps": ("--steps", "steps"),
+    "accum": ("--accum", "accum"),
+    "devices": ("--devices", "devices"),
+    "node_budget": ("--node-budget", "node_budget"),
+    "target_budget": ("--target-budget", "target_budget"),
+    "lr": ("--lr", "optimizer.learning_rate"),
+    "dtype": ("--dtype", "model_overrides.dtype"),
+    "seed": ("--seed", "seed"),
+}
+# settings a resume may change (run.json's "outputs")
+PRETRAIN_OUTPUTS = ("checkpoint_every", "keep", "log_every", "mesh", "eval_every", "eval_buckets")
 
-    # before anything touches a device: several processes form one mesh
-    initialize(args.coordinator, args.num_processes, args.process_id)
 
-    from jaxfm.train.graphfm_pretrain import PretrainConfig, pretrain
+def _pretrain_config(args):
+    """The :class:`PretrainConfig` the flags describe."""
+    from jaxfm.train.graphfm_pretrain import PretrainConfig
     from jaxfm.train.optim import OptimizerConfig
 
     defaults = PretrainConfig()
@@ -36,7 +53,7 @@ def _pretrain(args) -> int:
         learning_rate=args.lr or defaults.optimizer.learning_rate,
         total_steps=args.steps,
     ).for_run(args.steps)
-    cfg = PretrainConfig(
+    return PretrainConfig(
         model=args.model,
         data=tuple(args.data or ()),
         synthetic_graphs=args.synthetic_graphs,
@@ -52,15 +69,51 @@ def _pretrain(args) -> int:
         workdir=args.workdir,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
+        eval_every=args.eval_every,
         seed=args.seed,
         model_overrides={"dtype": args.dtype} if args.dtype else {},
     )
+
+
+def _resumed_pretrain_config(args, cfg):
+    """With ``--resume`` and ``WORKDIR/run.json``: the recorded run (typed flags must match)."""
+    from pathlib import Path
+
+    from jaxfm.cli.resume import check_given, config_from_dict, read_run_json
+    from jaxfm.train.graphfm_pretrain import PretrainConfig
+
+    run_json = Path(args.workdir) / "run.json"
+    if not (args.resume and run_json.exists()):
+        return cfg
+    identity, outputs = read_run_json(args.workdir, "pretrain")
+    identity.pop("datasets", None)
+    recorded = config_from_dict(PretrainConfig, identity)
+    given = getattr(args, "given", set())
+    typed = {flag: path for dest, (flag, path) in _PRETRAIN_IDENTITY.items() if dest in given}
+    check_given(typed, cfg, recorded, run_json)
+    kept = {
+        k: getattr(cfg, k) if k in given or k not in outputs else outputs[k]
+        for k in PRETRAIN_OUTPUTS
+    }
+    return dataclasses.replace(recorded, workdir=args.workdir, **kept)
+
+
+def _pretrain(args) -> int:
+    from jaxfm.train.distributed import initialize
+
+    # before anything touches a device: several processes form one mesh
+    initialize(args.coordinator, args.num_processes, args.process_id)
+
+    from jaxfm.train.graphfm_pretrain import pretrain
+
+    cfg = _resumed_pretrain_config(args, _pretrain_config(args))
     summary = pretrain(
         cfg,
         resume=args.resume,
         overwrite=args.overwrite,
         log_stream=sys.stdout,
         progress=not args.no_progress,
+        **observability(args),
     )
     from jaxfm.train.distributed import is_main_process
 
@@ -94,7 +147,11 @@ def _finetune(args) -> int:
     splits = None if args.splits == "all" else [int(s) for s in args.splits.split(",")]
     cfg = FinetuneConfig(**config_kwargs(args, FinetuneConfig, _FINETUNE_FIELDS), splits=splits)
     result = finetune(
-        cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        cfg,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        **observability(args),
     )
     if args.output_json:
         from jaxfm.model_dir import write_json_atomic
@@ -175,7 +232,7 @@ def _summary(args) -> int:
 
 def add_parsers(sub) -> None:
     """Registers the GraphFM commands."""
-    from jaxfm.cli.fields import add_field
+    from jaxfm.cli.fields import add_field, add_observability_flags
     from jaxfm.train.graphfm_pretrain import PretrainConfig
 
     p = sub.add_parser(
@@ -183,7 +240,7 @@ def add_parsers(sub) -> None:
         help="GraphFM multi-graph pretraining (no arguments: small model, synthetic SBM corpus)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_field(p, PretrainConfig, "model", "--config", "--model")
+    add_field(p, PretrainConfig, "model", "--config", "--variant", "--model")
     p.add_argument(
         "--data",
         action="append",
@@ -218,13 +275,15 @@ def add_parsers(sub) -> None:
     add_field(p, PretrainConfig, "workdir")
     add_field(p, PretrainConfig, "checkpoint_every")
     add_field(p, PretrainConfig, "log_every")
+    add_field(p, PretrainConfig, "eval_every")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run's checkpoints in --workdir"
     )
     add_field(p, PretrainConfig, "seed")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--quiet-summary", action="store_true", help="summary to stderr")
+    add_observability_flags(p)
     p.set_defaults(func=_pretrain)
 
     from jaxfm.train.graphfm_finetune import FinetuneConfig
@@ -234,9 +293,17 @@ def add_parsers(sub) -> None:
         help="MFT / NFT finetuning of a pretrained GraphFM",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    flags = {"num_random_splits": ("--random-splits",), "learning_rate": ("--lr",)}
+    flags = {
+        "num_random_splits": ("--random-splits",),
+        "learning_rate": ("--lr",),
+        "checkpoint": ("--model-dir", "--checkpoint"),
+        "dataset": ("--data", "--dataset"),
+    }
+    metavars = {"checkpoint": "DIR", "dataset": "PATH"}
     for path in _FINETUNE_FIELDS:
         extra = {"choices": ["mft", "nft"]} if path == "mode" else {}
+        if path in metavars:
+            extra["metavar"] = metavars[path]
         add_field(f, FinetuneConfig, path, *flags.get(path, ()), **extra)
     f.add_argument(
         "--splits",
@@ -245,25 +312,47 @@ def add_parsers(sub) -> None:
     )
     f.add_argument("--resume", action="store_true", help="continue; finished splits are kept")
     f.add_argument("--overwrite", action="store_true", help="replace an earlier run in --workdir")
-    f.add_argument("--output-json")
-    f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--output-json", help="also write the results (all splits) to this JSON file")
+    f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_observability_flags(f)
     f.set_defaults(func=_finetune)
 
     e = sub.add_parser(
         "embed",
         help="node embeddings of a graph from a pretrained GraphFM (with --model "
         "fimp-vit|fimp-scgpt|fimp-brainlm: zero-shot FIMP, see `jaxfm fimp embed -h`)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--dataset", required=True)
+    e.add_argument(
+        "--model",
+        default="graphfm",
+        choices=["graphfm", "fimp-vit", "fimp-scgpt", "fimp-brainlm"],
+        help="graphfm: a pretrained GraphFM; fimp-*: zero-shot FIMP with a converted foundation "
+        "model (its options: `jaxfm fimp embed -h`)",
+    )
+    e.add_argument(
+        "--model-dir",
+        "--checkpoint",
+        dest="checkpoint",
+        metavar="DIR",
+        required=True,
+        help="model directory of `jaxfm pretrain` (WORKDIR/model; the WORKDIR works too)",
+    )
+    e.add_argument(
+        "--data", "--dataset", dest="dataset", metavar="PATH", required=True, help="dataset file"
+    )
     e.add_argument("--out", required=True, help="output .npy ([N, D] float32)")
     e.set_defaults(func=_embed)
 
     g = sub.add_parser("graphfm", help="GraphFM utilities")
     gsub = g.add_subparsers(dest="graphfm_command", required=True)
-    s = gsub.add_parser("summary", help="parameter counts of a config (shared trunk vs total)")
-    s.add_argument("--config", default="small")
-    s.add_argument("--json", action="store_true")
+    s = gsub.add_parser(
+        "summary",
+        help="parameter counts of a config (shared trunk vs total)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("--config", "--variant", default="small", help="GraphFM size preset")
+    s.add_argument("--json", action="store_true", help="also print the summary as JSON")
     s.add_argument("--mesh", help="also bytes per device on this mesh, e.g. fsdp=8")
     s.add_argument(
         "--explain-attention",

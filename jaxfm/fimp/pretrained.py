@@ -365,11 +365,14 @@ def load_foundation(path, *, family: str | None = None) -> FoundationCheckpoint:
       FileNotFoundError: no such directory (or its files).
       ValueError: not a foundation checkpoint, or of another family (named).
     """
+    from jaxfm.loading import resolve_model_dir
+
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"--checkpoint {path}: no such directory (expected the OUT of `jaxfm convert`)"
+            f"--model-dir {path}: no such directory (expected the OUT of `jaxfm convert`)"
         )
+    path = resolve_model_dir(path)
     params, config = load_model_dir(path)
     have = config.get("family")
     cls = {"vit": ViTConfig, "scgpt": ScGPTConfig, "brainlm": BrainLMConfig}.get(have)

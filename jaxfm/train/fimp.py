@@ -39,6 +39,7 @@ from jaxfm.graph.batching import Budget
 from jaxfm.model_dir import save_model_dir, write_json_atomic
 from jaxfm.ops import metrics as M
 from jaxfm.ops.masking import rank_mask
+from jaxfm.train.checkpoint import write_run_json
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
 from jaxfm.train.sharding import data_parallel_size, make_mesh
 from jaxfm.train.step import create_state, default_mesh, make_eval_step, make_train_step
@@ -378,6 +379,8 @@ def train_fimp(
     overwrite: bool = False,
     log_stream=sys.stdout,
     progress: bool = True,
+    tensorboard: bool = False,
+    profile_steps: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Trains on ``run.task`` with early stopping; returns (and optionally writes) results.
 
@@ -458,8 +461,14 @@ def train_fimp(
     predict = _make_predict(model, mesh)
     metric, mode = _MONITOR[run.task]
     select = Select(metric=metric, mode=mode, patience=run.patience)
+    record = {
+        "fimp_train": run_info(run),
+        "outputs": {"save_dir": run.save_dir, "output_json": run.output_json},
+    }
     if run.workdir is not None:
         Path(run.workdir).mkdir(parents=True, exist_ok=True)
+        if overwrite or not (Path(run.workdir) / "run.json").exists():
+            write_run_json(run.workdir, record)  # before training: a killed run resumes from it
     fitted = fit(
         state,
         train_step,
@@ -476,9 +485,11 @@ def train_fimp(
         log_stream=log_stream,
         progress=progress,
         desc=f"fimp {run.task}",
+        tensorboard=tensorboard,
+        profile_steps=profile_steps,
     )
     if run.workdir is not None:
-        write_json_atomic(Path(run.workdir) / "run.json", {"fimp_train": run_info(run)})
+        write_run_json(run.workdir, record)
     best = fitted.best_params
     results = {
         "task": run.task,

@@ -179,6 +179,8 @@ def finetune(
     overwrite: bool = False,
     progress: bool = True,
     log_stream=None,
+    tensorboard: bool = False,
+    profile_steps: tuple[int, int] | None = None,
 ) -> dict:
     """MFT/NFT on every chosen split; returns the result dict (see ``jaxfm finetune``).
 
@@ -291,6 +293,8 @@ def finetune(
             progress=progress,
             desc=f"{cfg.mode} {ds.name} split {split_index} ({position[split_index]} of "
             f"{len(chosen)})",
+            tensorboard=tensorboard,
+            profile_steps=profile_steps,
         )
         return {
             "split": split_index,

@@ -34,6 +34,7 @@ from jaxfm.graphfm import (
     loss_and_metrics,
 )
 from jaxfm.model_dir import save_model_dir, write_json_atomic
+from jaxfm.train.checkpoint import write_run_json
 from jaxfm.train.distributed import is_main_process
 from jaxfm.train.optim import OptimizerConfig, make_optimizer, make_schedule
 from jaxfm.train.sharding import BATCH_AXES, data_parallel_size, make_mesh
@@ -77,6 +78,10 @@ class PretrainConfig:
       workdir: checkpoints, logs, final model and summary go here.
       checkpoint_every: save every N steps (and at the end); ``keep``: checkpoints kept.
       log_every: print a JSON line every N steps.
+      eval_every: every N steps (and at the end) measure the accuracy on held-out nodes of the
+        pretraining graphs (their validation split; 0: never).
+      eval_buckets: packed buckets of held-out nodes per evaluation (a fixed sample, so the
+        evaluations are comparable; each costs about ``eval_buckets`` forward passes).
       seed: data order, init and dropout.
     """
 
@@ -111,6 +116,8 @@ class PretrainConfig:
     checkpoint_every: int = 100
     keep: int = 3
     log_every: int = 1
+    eval_every: int = 100
+    eval_buckets: int = 4
     seed: int = 0
 
     def __post_init__(self):
@@ -121,6 +128,11 @@ class PretrainConfig:
             raise ValueError("PretrainConfig: checkpoint_every, log_every and keep must be >= 1")
         if self.synthetic_graphs < 0:
             raise ValueError("PretrainConfig.synthetic_graphs must be >= 0")
+        if self.eval_every < 0 or self.eval_buckets < 1:
+            raise ValueError(
+                "PretrainConfig: eval_every must be >= 0 and eval_buckets >= 1, got "
+                f"{self.eval_every} / {self.eval_buckets}"
+            )
         if not self.data and self.synthetic_graphs == 0:
             raise ValueError("PretrainConfig: no data paths and no synthetic graphs: empty corpus")
         if self.max_lr_scale < 1:
@@ -220,15 +232,70 @@ def _to_host(tree):
     return jax.tree.map(get, tree)
 
 
+def held_out_corpus(corpus):
+    """The corpus with each graph's validation nodes as its targets (train/test unused)."""
+    from jaxfm.data.graph_dataset import Split
+
+    graphs = tuple(
+        dataclasses.replace(
+            g,
+            split=Split(train=g.split.val, val=np.zeros_like(g.split.val), test=g.split.test),
+        )
+        for g in corpus.graphs
+    )
+    return dataclasses.replace(corpus, graphs=graphs)
+
+
+def _held_out_evaluator(corpus, budget, cfg: PretrainConfig, loss_fn, mesh, names):
+    """``params -> {"accuracy", "accuracy/<dataset>"...}`` on a fixed sample of held-out nodes.
+
+    The sample (``cfg.eval_buckets`` packed buckets of validation nodes) is built once; every
+    process evaluates the same buckets on replicated parameters, so the result is the same
+    everywhere.
+    """
+    from jaxfm.data.pipeline import PackedPipeline
+
+    pipeline = PackedPipeline(
+        held_out_corpus(corpus), budget=budget, num_buckets=cfg.eval_buckets, seed=cfg.seed + 1
+    )
+    buckets = next(pipeline)
+    buckets = buckets if isinstance(buckets, list) else [buckets]
+    replicated = NamedSharding(mesh, P())
+    gather = jax.jit(lambda p: p, out_shardings=replicated)
+    metrics_of = jax.jit(
+        lambda p, b: loss_fn(p, b, jax.random.key(0), False)[1], out_shardings=replicated
+    )
+
+    def evaluate(params) -> dict[str, float]:
+        full = gather(params)
+        correct = np.zeros(len(names))
+        count = np.zeros(len(names))
+        for b in buckets:
+            m = _to_host(metrics_of(full, b))
+            correct += m["dataset_correct"]
+            count += m["dataset_count"]
+        out = {"accuracy": float(correct.sum() / max(count.sum(), 1))}
+        out.update(
+            {f"accuracy/{n}": v for n, v in _per_dataset_table(names, correct, count).items()}
+        )
+        return out
+
+    return evaluate
+
+
 def _per_dataset_table(names, correct, count) -> dict[str, float]:
     """Accuracy per dataset over the recent window (every dataset, NaN-free: unseen ones absent)."""
     return {n: float(c / k) for n, c, k in zip(names, correct, count, strict=True) if k > 0}
 
 
+# settings a resume may change: they shape the logs, checkpoints and evaluations, not the steps
+RESUMABLE_OUTPUTS = ("checkpoint_every", "keep", "log_every", "mesh", "eval_every", "eval_buckets")
+
+
 def run_info(cfg: PretrainConfig, model_cfg: GraphFMConfig) -> dict:
     """What a resume must repeat: the config (minus output settings) and the corpus."""
     info = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    for k in ("workdir", "checkpoint_every", "keep", "log_every", "mesh"):
+    for k in ("workdir", *RESUMABLE_OUTPUTS):
         info.pop(k, None)
     info["datasets"] = [s.name for s in model_cfg.datasets]
     return info
@@ -241,6 +308,8 @@ def pretrain(
     overwrite: bool = False,
     log_stream=sys.stdout,
     progress=True,
+    tensorboard: bool = False,
+    profile_steps: tuple[int, int] | None = None,
 ):
     """Runs (or resumes) pretraining and returns the summary dict (also ``WORKDIR/summary.json``).
 
@@ -257,6 +326,9 @@ def pretrain(
       overwrite: start afresh in a workdir that holds an earlier run's checkpoints.
       log_stream: where JSON metric lines go (None: silent).
       progress: tqdm progress bar on stderr.
+      tensorboard: also write TensorBoard events into ``WORKDIR/tensorboard``
+        (:func:`jaxfm.train.trainer.fit`; needs ``jaxfm[tensorboard]``).
+      profile_steps: ``(A, B)``: a ``jax.profiler`` trace of steps A..B in ``WORKDIR/profile``.
     """
     from jaxfm.data.corpus import build_corpus
     from jaxfm.data.packing import PackingBudget
@@ -345,12 +417,23 @@ def pretrain(
             "tokens_per_s": round(float(host["rows"]) / max(seconds, 1e-9), 1),
         }
 
+    record = {
+        "pretrain": run_info(cfg, model_cfg),
+        "outputs": {k: getattr(cfg, k) for k in RESUMABLE_OUTPUTS},
+    }
+    if main and (overwrite or not (workdir / "run.json").exists()):
+        write_run_json(workdir, record)  # before training: a killed run can be resumed from it
+    evaluate = None
+    if cfg.eval_every:
+        evaluate = _held_out_evaluator(corpus, budget, cfg, loss_fn, mesh, names)
     fitted = fit(
         state,
         train_step,
         _PipelineSteps(pipeline, cfg.accum),
         total_steps=cfg.steps,
         rng=rng,
+        evaluate=evaluate,
+        eval_every=cfg.eval_every or None,
         workdir=workdir,
         checkpoint_every=cfg.checkpoint_every,
         keep=cfg.keep,
@@ -364,10 +447,12 @@ def pretrain(
         progress=progress,
         desc="pretrain",
         main=main,
+        tensorboard=tensorboard,
+        profile_steps=profile_steps,
     )
     state, preempted = fitted.state, fitted.preempted
     if main:
-        write_json_atomic(workdir / "run.json", {"pretrain": run_info(cfg, model_cfg)})
+        write_run_json(workdir, record)
     history = [r for r in read_metrics(workdir) if "loss" in r] if main else fitted.steps
     if window:
         correct = np.sum([c for c, _ in window], axis=0)
@@ -375,6 +460,12 @@ def pretrain(
     else:
         correct = count = np.zeros(len(names))
 
+    last_eval = fitted.history[-1] if fitted.history else {}
+    held_out = {
+        k.removeprefix("val_accuracy/"): v
+        for k, v in last_eval.items()
+        if k.startswith("val_accuracy/")
+    }
     replicated = NamedSharding(mesh, P())
     params_np = _to_host(jax.jit(lambda p: p, out_shardings=replicated)(state.params))
     summary = {
@@ -393,6 +484,8 @@ def pretrain(
         else None,
         "train_accuracy_per_dataset": _per_dataset_table(names, correct, count),
         "train_accuracy_window_steps": len(window),
+        "heldout_accuracy_per_dataset": held_out,
+        "heldout_accuracy_step": fitted.history[-1]["step"] if fitted.history else None,
         "signal": fitted.signal,
         "parameters": int(sum(x.size for x in jax.tree.leaves(params_np))),
         "seconds": round(time.perf_counter() - t_start, 1),

@@ -16,7 +16,10 @@ MFT/NFT, the baselines, graph-level MFT, GraphMAE) gets the same behaviour:
   with ``preempted=True``.
 - **Logging.** JSON lines on ``log_stream`` (written through ``tqdm.write``, so a progress bar on
   the terminal stays intact) and in ``WORKDIR/metrics.jsonl``, which keeps the whole history of a
-  run across resumes.
+  run across resumes. Optionally the same scalars as TensorBoard events in
+  ``WORKDIR/tensorboard`` (``tensorboard=True``; needs ``pip install 'jaxfm[tensorboard]'``).
+- **Profiling.** ``profile_steps=(A, B)`` records a ``jax.profiler`` trace of steps A..B (1-based,
+  inclusive) into ``WORKDIR/profile`` (open it with TensorBoard's profile plugin or Perfetto).
 
 A batch source is any object with ``__next__`` (the next step's batch, leaves ``[A, D, ...]``),
 ``get_state() -> dict`` (JSON) and ``set_state(dict)``; :class:`EpochBatches` makes one from a
@@ -50,6 +53,7 @@ __all__ = [
     "RepeatBatches",
     "Select",
     "fit",
+    "parse_profile_steps",
     "read_metrics",
     "run_splits",
 ]
@@ -302,10 +306,41 @@ def _scalars(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
 
 
+def parse_profile_steps(text: str | None) -> tuple[int, int] | None:
+    """``"A:B"`` -> ``(A, B)``: the steps (1-based, inclusive) to trace; None passes through.
+
+    Raises:
+      ValueError: not ``A:B`` with ``1 <= A <= B`` (naming ``--profile-steps``).
+    """
+    if text is None:
+        return None
+    try:
+        a, b = (int(x) for x in str(text).split(":"))
+    except ValueError:
+        raise ValueError(f"--profile-steps {text!r}: expected A:B, e.g. 10:20") from None
+    if not 1 <= a <= b:
+        raise ValueError(f"--profile-steps {text!r}: need 1 <= A <= B (steps count from 1)")
+    return a, b
+
+
+def _tensorboard_writer(workdir: Path | None):
+    if workdir is None:
+        raise ValueError("fit: tensorboard=True needs a workdir (the events go to WORKDIR/...)")
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise ValueError(
+            "--tensorboard needs the tensorboardX package: pip install 'jaxfm[tensorboard]' "
+            "(or pip install tensorboardX)"
+        ) from None
+    return SummaryWriter(logdir=str(Path(workdir) / "tensorboard"))
+
+
 class _Log:
-    def __init__(self, stream, path: Path | None, main: bool):
+    def __init__(self, stream, path: Path | None, main: bool, writer=None):
         self.stream = stream if main else None
         self.path = path if main else None
+        self.writer = writer if main else None
 
     def __call__(self, record: dict) -> None:
         line = json.dumps(record)
@@ -315,6 +350,43 @@ class _Log:
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(line + "\n")
+        if self.writer is not None and "step" in record:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
+                    self.writer.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _Profile:
+    """Traces steps ``A..B`` (1-based) with ``jax.profiler`` into ``WORKDIR/profile``."""
+
+    def __init__(self, steps: tuple[int, int] | None, workdir: Path | None, main: bool):
+        if steps is not None and workdir is None:
+            raise ValueError("fit: profile_steps needs a workdir (the trace goes to WORKDIR/...)")
+        self.steps = steps if main else None
+        self.dir = None if workdir is None else Path(workdir) / "profile"
+        self.active = False
+
+    def before(self, done: int) -> None:
+        """Called before the step that will make ``done`` steps."""
+        if self.steps is not None and not self.active and self.steps[0] <= done <= self.steps[1]:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(str(self.dir))
+            self.active = True
+
+    def after(self, done: int, state) -> None:
+        if self.active and done >= self.steps[1]:
+            self.stop(state)
+
+    def stop(self, state=None) -> None:
+        if self.active:
+            if state is not None:
+                jax.block_until_ready(state)  # the traced steps' device work is in the trace
+            jax.profiler.stop_trace()
+            self.active = False
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
@@ -363,6 +435,8 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     main: bool = True,
+    tensorboard: bool = False,
+    profile_steps: tuple[int, int] | None = None,
 ) -> FitResult:
     """Runs ``train_step`` for ``total_steps`` steps (resuming if asked); see the module.
 
@@ -390,10 +464,15 @@ def fit(
       progress: tqdm bar on stderr.
       desc: the bar's label.
       main: this process logs and writes ``metrics.jsonl`` (process 0 of a multi-host run).
+      tensorboard: also write every logged record's scalars as TensorBoard events in
+        ``WORKDIR/tensorboard`` (needs tensorboardX: ``pip install 'jaxfm[tensorboard]'``).
+      profile_steps: ``(A, B)``: record a ``jax.profiler`` trace of steps A..B (1-based,
+        inclusive) into ``WORKDIR/profile`` (:func:`parse_profile_steps` reads ``"A:B"``).
 
     Raises:
       FloatingPointError: the training loss became NaN or infinite.
-      ValueError: a resume whose checkpoint belongs to another run, or a workdir in use.
+      ValueError: a resume whose checkpoint belongs to another run, a workdir in use, or
+        ``tensorboard`` without tensorboardX installed.
     """
     if total_steps < 1:
         raise ValueError(f"fit: total_steps must be >= 1, got {total_steps}")
@@ -410,11 +489,20 @@ def fit(
     epoch_loss = [0.0, 0]  # the current epoch's loss sum and step count
     start = 0
 
+    profile = _Profile(profile_steps, None if workdir is None else Path(workdir), main)
+    if tensorboard and workdir is None:
+        raise ValueError("fit: tensorboard=True needs a workdir (the events go to WORKDIR/...)")
     run_dir = None
     if workdir is not None:
         run_dir = RunDirectory(workdir, keep=keep, main=main)
         run_dir.open(resume=resume, overwrite=overwrite)
-    log = _Log(log_stream, None if run_dir is None else run_dir.metrics_path, main)
+    try:
+        writer = _tensorboard_writer(workdir) if tensorboard and main else None
+    except ValueError:
+        if run_dir is not None:
+            run_dir.close()
+        raise
+    log = _Log(log_stream, None if run_dir is None else run_dir.metrics_path, main, writer)
 
     def tree_of(state, best):
         tree = {"train": state, "rng": np.asarray(jax.random.key_data(rng))}
@@ -473,7 +561,9 @@ def fit(
                 t0 = time.perf_counter()
                 if run_dir is not None:
                     run_dir.check_saves()
+                profile.before(step + 1)
                 state, metrics = train_step(state, put(batch), jax.random.fold_in(rng, step))
+                profile.after(step + 1, state)
                 data_state = data.get_state()
                 if step + 1 < total_steps:
                     batch = next(data)  # prepared while the device runs the step
@@ -525,6 +615,8 @@ def fit(
                     break
         bar.close()
     finally:
+        profile.stop()
+        log.close()
         if run_dir is not None:
             run_dir.close()
     best = best_params if select is not None else _host(state.params)

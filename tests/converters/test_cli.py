@@ -156,3 +156,24 @@ def test_usage_errors(capsys):
     assert main(["convert", "nope", "a", "b"]) == 2
     assert main(["--help"]) == 0
     assert "--verify" in capsys.readouterr().out
+
+
+def test_offline_hub_id_served_from_cache(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE with a cached snapshot: huggingface_hub serves it, no refusal first."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    commit = "0" * 40
+    repo = cache / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    got = resolve_source("org/tiny", filenames=["config.json"])
+    assert got == snap and (got / "config.json").exists()

@@ -34,6 +34,7 @@ def run(root: str, name: str, mesh: str, devices: int, steps: int, resume: bool)
     log = io.StringIO()
     summary = pretrain(cfg, resume=resume, log_stream=log, progress=False)
     lines = [json.loads(x) for x in log.getvalue().splitlines()]
+    lines = [x for x in lines if "loss" in x]  # step records (not the held-out evaluations)
     return {"steps": [x["step"] for x in lines], "losses": [x["loss"] for x in lines],
             "summary": summary}  # fmt: skip
 

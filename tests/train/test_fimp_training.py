@@ -67,10 +67,10 @@ def test_missing_data_file_is_named(tmp_path):
 
 def test_bad_fmri_file_is_named(tmp_path):
     path = tmp_path / "rec.npz"
-    np.savez(path, signals=np.zeros((2, 5, 30), np.float32), coords=np.zeros((5, 3)))
+    np.savez(path, signals=np.zeros((3, 5, 30), np.float32), coords=np.zeros((5, 3)))
     with pytest.raises(ValueError, match="multiple of 20"):
         prepare_fimp_data("fmri", str(path))
-    np.savez(path, signals=np.full((2, 5, 40), np.nan, np.float32), coords=np.zeros((5, 3)))
+    np.savez(path, signals=np.full((3, 5, 40), np.nan, np.float32), coords=np.zeros((5, 3)))
     with pytest.raises(ValueError, match="NaN"):
         prepare_fimp_data("fmri", str(path))
 
@@ -170,6 +170,7 @@ def test_short_run_writes_results(tmp_path, model_kind):
         batch_size=64,
         output_json=str(tmp_path / "r.json"),
         save_dir=str(tmp_path / "model") if model_kind == "fimp" else None,
+        workdir=str(tmp_path / "w"),  # not the default runs/fimp of the current directory
     )
     res = train_fimp(run, log_stream=None, progress=False)
     saved = json.loads((tmp_path / "r.json").read_text())

@@ -39,7 +39,8 @@ def _cfg(workdir, steps=4, **kw):
 def _run(cfg, resume=False):
     log = io.StringIO()
     summary = pretrain(cfg, resume=resume, log_stream=log, progress=False)
-    return summary, [json.loads(line) for line in log.getvalue().splitlines()]
+    lines = [json.loads(line) for line in log.getvalue().splitlines()]
+    return summary, [r for r in lines if "loss" in r]  # step records (not the evaluations)
 
 
 def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_losses(tmp_path):
@@ -102,7 +103,7 @@ def test_readme_main_job_pretrains(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["pretrain", "--no-progress"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
-    steps = [x for x in lines if "step" in x]
+    steps = [x for x in lines if "loss" in x]
     summary = lines[-1]["summary"]
     assert [x["step"] for x in steps] == list(range(1, 301))
     first = np.mean([x["loss"] for x in steps[:20]])
@@ -110,3 +111,30 @@ def test_readme_main_job_pretrains(tmp_path, capsys, monkeypatch):
     assert last < 0.8 * first, (first, last)
     assert (tmp_path / "runs" / "pretrain" / "model" / "params.safetensors").exists()
     assert summary["datasets"] == 24
+
+
+def test_held_out_accuracy_every_eval_every_steps(tmp_path):
+    """Every eval_every steps (and at the end): accuracy on the graphs' validation nodes."""
+    summary, _ = _run(_cfg(tmp_path, steps=4, eval_every=2))
+    from jaxfm.train.trainer import read_metrics
+
+    evals = [r for r in read_metrics(tmp_path) if "val_accuracy" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    per = summary["heldout_accuracy_per_dataset"]
+    assert summary["heldout_accuracy_step"] == 4 and len(per) >= 1
+    assert all(0.0 <= v <= 1.0 for v in per.values())
+    assert per == {k.removeprefix("val_accuracy/"): v for k, v in evals[-1].items()
+                   if k.startswith("val_accuracy/")}  # fmt: skip
+
+
+def test_held_out_corpus_targets_validation_nodes_only():
+    from jaxfm.data.corpus import build_corpus
+    from jaxfm.data.sbm import sbm_corpus
+    from jaxfm.train.graphfm_pretrain import held_out_corpus
+
+    corpus = build_corpus(sbm_corpus(2, seed=0, node_range=(30, 60)), feature_dim=8, pe_dim=4,
+                          node_budget=256)  # fmt: skip
+    held = held_out_corpus(corpus)
+    for g, h in zip(corpus.graphs, held.graphs, strict=True):
+        np.testing.assert_array_equal(h.split.train, g.split.val)
+        assert not (h.split.train & g.split.train).any() and h.split.train.any()

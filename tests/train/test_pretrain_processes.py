@@ -37,7 +37,7 @@ def _lines(text: str) -> list[dict]:
 
 
 def _steps(lines: list[dict]) -> dict[int, float]:
-    return {x["step"]: x["loss"] for x in lines if "step" in x}
+    return {x["step"]: x["loss"] for x in lines if "loss" in x}
 
 
 def _run(cmd, env) -> list[dict]:
