@@ -293,10 +293,15 @@ RESUMABLE_OUTPUTS = ("checkpoint_every", "keep", "log_every", "mesh", "eval_ever
 
 
 def run_info(cfg: PretrainConfig, model_cfg: GraphFMConfig) -> dict:
-    """What a resume must repeat: the config (minus output settings) and the corpus."""
+    """What a resume must repeat: the config (minus output settings) and the corpus.
+
+    The length of the run (``steps``, and with it the schedule's ``total_steps``) may change:
+    a resume can extend a run, the learning-rate schedule then follows the new length.
+    """
     info = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    for k in ("workdir", *RESUMABLE_OUTPUTS):
+    for k in ("workdir", "steps", *RESUMABLE_OUTPUTS):
         info.pop(k, None)
+    info.get("optimizer", {}).pop("total_steps", None)
     info["datasets"] = [s.name for s in model_cfg.datasets]
     return info
 
