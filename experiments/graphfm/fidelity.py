@@ -58,6 +58,7 @@ class Row:
     neighbors: int | None = None  # None: the pretrained config's 8
     zero_neighbors: bool = False  # probe: no neighbour tokens in the decoder sequence
     zero_latents: bool = False  # probe: latents replaced by zeros (+ type embedding)
+    init_gain: float = 1.0  # ablation: fresh feature MLP's output layer (kernel_1) scaled by this
     eval_every: int = 0  # 0: once per epoch (library; = every step on Cornell); k: every k steps
 
 
@@ -67,8 +68,21 @@ def _load(path: str):
     return load_dataset(SHARED / path)
 
 
-def _mft(ds, splits, seeds, row: Row, checkpoint: Path):
-    """MFT ``row`` on every (split, seed); returns per-run dicts."""
+def _ridge_acc(feat, y, train, test, lam=1.0):
+    """Ridge classifier (one-hot least squares, standardised inputs): train -> test accuracy."""
+    mu, sd = feat[train].mean(0), feat[train].std(0) + 1e-6
+    f = (feat - mu) / sd
+    f = np.concatenate([f, np.ones((len(f), 1))], 1)
+    c = int(y.max()) + 1
+    t = np.eye(c)[y[train]]
+    a = f[train]
+    w = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ t)
+    return float((np.argmax(f[test] @ w, 1) == y[test]).mean())
+
+
+def _mft(ds, splits, seeds, row: Row, checkpoint: Path, probe: bool = False):
+    """MFT ``row`` on every (split, seed); returns per-run dicts (with ``probe`` the
+    feature-survival probe of the final params before and after training)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -164,6 +178,46 @@ def _mft(ds, splits, seeds, row: Row, checkpoint: Path):
             n += len(ids)
         return hits / max(n, 1)
 
+    @jax.jit
+    def internals(params, batch):
+        batch = prep(batch, None, False)
+        with nn.intercept_methods(interceptor):
+            out, st = model.apply(
+                {"params": params}, batch, capture_intermediates=True, mutable=["intermediates"]
+            )
+        inter = st["intermediates"]
+        tok = out["tokens"][batch.target_index]  # [Q, D] the self token z_i
+        last = inter["decoder"][f"layer_{cfg.decoder_depth - 1}"]["__call__"][0][:, 0]  # pre-LN
+        return tok, last, out["node_embedding"]
+
+    all_batches = [
+        batcher.batch(np.arange(s, min(s + row.batch_targets, ds.num_nodes)), [3, s])
+        for s in range(0, ds.num_nodes, row.batch_targets)
+    ]
+    pe_w = cfg.pe_channels
+
+    def do_probe(params, split):
+        tok = np.zeros((ds.num_nodes, cfg.dim))
+        pre = np.zeros_like(tok)
+        emb = np.zeros_like(tok)
+        for b, ids in all_batches:
+            t_, p_, e_ = (np.asarray(a)[np.asarray(b.target_mask)] for a in internals(params, b))
+            tok[ids], pre[ids], emb[ids] = t_, p_, e_
+        tr = split.train & (y >= 0)
+        te = split.test & (y >= 0)
+        x_in = np.asarray(batcher.unit.features)
+        feat_part = tok[:, : cfg.dim - pe_w]
+        return {
+            "trunk_addition_over_self_norm": float(
+                np.mean(np.linalg.norm(pre - tok, axis=1) / (np.linalg.norm(tok, axis=1) + 1e-9))
+            ),
+            "self_token_norm": float(np.mean(np.linalg.norm(tok, axis=1))),
+            "ridge_acc_input": _ridge_acc(x_in, y, tr, te, lam=10.0),
+            "ridge_acc_token_feature_part": _ridge_acc(feat_part, y, tr, te),
+            "ridge_acc_decoder_output": _ridge_acc(emb, y, tr, te),
+            "r2_token_from_output": float(_r2(emb, feat_part, tr, te)),
+        }
+
     runs = []
     for split_index in splits:
         split = ds.splits[split_index]
@@ -179,10 +233,15 @@ def _mft(ds, splits, seeds, row: Row, checkpoint: Path):
                 params, _ = transplant_pretrained(fresh, pretrained, str(checkpoint))
             else:
                 params = fresh
+            if row.init_gain != 1.0:
+                mlp = dict(params["tokenizer"]["feature_mlp"])
+                mlp["kernel_1"] = mlp["kernel_1"] * row.init_gain
+                params = {**params, "tokenizer": {**params["tokenizer"], "feature_mlp": mlp}}
             if "step" not in tx_cache:
                 tx_cache["tx"], tx_cache["step"] = make_step(params)
             tx, step = tx_cache["tx"], tx_cache["step"]
             opt_state = tx.init(params)
+            probe_before = do_probe(params, split) if probe else None
             best = {"val_accuracy": -1.0}
             curve = []
             total = 0
@@ -203,8 +262,22 @@ def _mft(ds, splits, seeds, row: Row, checkpoint: Path):
             best["seconds"] = round(time.perf_counter() - t0, 1)
             best["steps"] = total
             best["curve"] = curve
+            if probe:
+                best["probe_before"] = probe_before
+                best["probe_after"] = do_probe(params, split)
             runs.append(best)
     return runs
+
+
+def _r2(src, dst, train, test, lam=1.0):
+    """R^2 on test nodes of a ridge map src -> dst fitted on train nodes."""
+    mu, sd = src[train].mean(0), src[train].std(0) + 1e-6
+    f = np.concatenate([(src - mu) / sd, np.ones((len(src), 1))], 1)
+    a = f[train]
+    w = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ dst[train])
+    res = ((f[test] @ w - dst[test]) ** 2).sum()
+    tot = ((dst[test] - dst[train].mean(0)) ** 2).sum()
+    return 1 - res / max(tot, 1e-12)
 
 
 def _select(best, params, acc, vb, tb, epoch, step, curve):
@@ -297,6 +370,46 @@ ROWS = {
         Row(epochs=200, neighbors=16, eval_every=5),
         "200 steps, 16 decoder neighbours",
     ),
+    "raw_hidden128_200": (
+        Row(epochs=200, features="raw", feature_hidden=128, eval_every=10),
+        "raw, 200 steps, feature-MLP hidden 128 (library: D = 32)",
+    ),
+    "raw_lr1e-2_200": (
+        Row(epochs=200, features="raw", lr=1e-2, eval_every=10),
+        "raw, 200 steps, lr 1e-2",
+    ),
+    "raw_wd0_200": (
+        Row(epochs=200, features="raw", weight_decay=0.0, eval_every=10),
+        "raw, 200 steps, weight decay 0",
+    ),
+    "raw_dropout01_200": (
+        Row(epochs=200, features="raw", dropout=0.1, eval_every=10),
+        "raw, 200 steps, trunk dropout 0.1 during MFT",
+    ),
+    "raw_nbr16_200": (
+        Row(epochs=200, features="raw", neighbors=16, eval_every=10),
+        "raw, 200 steps, 16 decoder neighbours (pretrained with 8)",
+    ),
+    "raw_gain10": (
+        Row(features="raw", init_gain=10.0),
+        "raw, library budget (25 steps), fresh feature-MLP output layer x10 at init",
+    ),
+    "raw_gain30": (
+        Row(features="raw", init_gain=30.0),
+        "raw, library budget (25 steps), fresh feature-MLP output layer x30 at init",
+    ),
+    "svd_gain10": (
+        Row(init_gain=10.0),
+        "SVD-128, library budget (25 steps), feature-MLP output layer x10 at init",
+    ),
+    "raw_gain10_200": (
+        Row(features="raw", init_gain=10.0, epochs=200, eval_every=10),
+        "raw, 200 steps, feature-MLP output layer x10 at init",
+    ),
+    "raw_selfonly_600": (
+        Row(epochs=600, features="raw", zero_latents=True, zero_neighbors=True, eval_every=10),
+        "probe: raw, 600 steps, self token only",
+    ),
 }
 
 
@@ -343,6 +456,16 @@ def _mlp_refs(ds, splits, seeds):
     return out
 
 
+def _probe_means(runs):
+    if "probe_after" not in runs[0]:
+        return {}
+    keys = runs[0]["probe_after"].keys()
+    return {
+        f"probe_{when}_mean": {k: float(np.mean([r[f"probe_{when}"][k] for r in runs])) for k in keys}
+        for when in ("before", "after")
+    }
+
+
 def _merge_write(path: Path, rows: dict, meta: dict):
     from jaxfm.model_dir import write_json_atomic
 
@@ -374,11 +497,12 @@ def cmd_cornell(args):
             raise SystemExit(f"unknown row {name}; choose from {list(ROWS)}")
         row, desc = ROWS[name]
         t0 = time.perf_counter()
-        runs = _mft(ds, splits, seeds, row, ckpt)
+        runs = _mft(ds, splits, seeds, row, ckpt, probe=args.probe)
         res = {
             "description": desc,
             "row": dataclasses.asdict(row),
             **_summary(runs),
+            **_probe_means(runs),
             "seconds": round(time.perf_counter() - t0, 1),
             "per_run": runs,
         }
@@ -455,6 +579,76 @@ def cmd_gcn_versions(args):
     return 0
 
 
+PROBE_ROWS = ("lib", "steps200_full", "steps200_raw", "steps200_raw_random")
+
+
+def cmd_probe(args):
+    ds = _load(CORNELL)
+    splits = [int(s) for s in args.splits.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    path = OUT / "probe.json"
+    for name in args.rows.split(","):
+        row, desc = ROWS[name]
+        runs = _mft(ds, splits, seeds, row, Path(args.checkpoint), probe=True)
+        keys = runs[0]["probe_after"].keys()
+        res = {
+            "description": desc,
+            **_summary(runs),
+            "probe_before_mean": {k: float(np.mean([r["probe_before"][k] for r in runs])) for k in keys},
+            "probe_after_mean": {k: float(np.mean([r["probe_after"][k] for r in runs])) for k in keys},
+            "per_run": runs,
+        }
+        print(json.dumps({name: {k: v for k, v in res.items() if k != "per_run"}}), flush=True)
+        _merge_write(path, {name: res}, {"command": " ".join(sys.argv), "splits": splits, "seeds": seeds})
+    return 0
+
+
+def cmd_token_scale(args):
+    """Self-token norm vs the frozen trunk's residual addition at decoder position 0, on
+    pretraining graphs (their own trained feature MLPs) and on Cornell (a fresh MLP, as MFT
+    starts)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxfm.graphfm import GraphFM
+    from jaxfm.train.graphfm_finetune import _GraphBatcher, load_pretrained_graphfm
+
+    base, params = load_pretrained_graphfm(args.checkpoint)
+    names = [d.name for d in base.datasets]
+    model = GraphFM(base)
+    out = {}
+
+    @jax.jit
+    def internals(p, batch):
+        o, st = model.apply({"params": p}, batch, capture_intermediates=True, mutable=["intermediates"])
+        tok = o["tokens"][batch.target_index]
+        last = st["intermediates"]["decoder"][f"layer_{base.decoder_depth - 1}"]["__call__"][0][:, 0]
+        return tok, last
+
+    for rel, name in (
+        ("gnn-benchmark/data/npz/cora.npz", "gnn-benchmark/cora"),
+        ("GraphData/datasets/blogcatalog.npz", "graphdata/blogcatalog"),
+        ("heterophilous-graphs/data/minesweeper.npz", "heterophilous/minesweeper"),
+    ):
+        match = [i for i, n in enumerate(names) if n == name]
+        if not match:
+            out[name] = f"not in the checkpoint's table ({names[:5]}...)"
+            continue
+        ds = _load(rel)
+        b = _GraphBatcher(ds, base, 512, 0)
+        nodes = np.random.default_rng(0).choice(ds.num_nodes, min(512, ds.num_nodes), replace=False)
+        batch, ids = b.batch(nodes, 0, dataset=match[0], num_datasets=len(names))
+        tok, last = (np.asarray(a)[np.asarray(batch.target_mask)] for a in internals(params, batch))
+        out[name] = {
+            "self_token_norm": float(np.linalg.norm(tok, axis=1).mean()),
+            "trunk_addition_norm": float(np.linalg.norm(last - tok, axis=1).mean()),
+            "ratio": float((np.linalg.norm(last - tok, axis=1) / np.linalg.norm(tok, axis=1)).mean()),
+        }
+        print(json.dumps({name: out[name]}), flush=True)
+    _merge_write(OUT / "token_scale.json", out, {"command": " ".join(sys.argv)})
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -465,11 +659,22 @@ def main(argv=None):
     c.add_argument("--checkpoint", default=str(REPO / "runs" / "graphfm_eval" / "model"))
     c.add_argument("--out", default="cornell")
     c.add_argument("--mlp", action="store_true", help="also the MLP reference rows")
+    c.add_argument("--probe", action="store_true", help="feature-survival probe on every run")
+    pr = sub.add_parser("probe", help="feature-survival probe through the frozen trunk")
+    pr.add_argument("--rows", default=",".join(PROBE_ROWS))
+    pr.add_argument("--splits", default="0,1,2,3,4")
+    pr.add_argument("--seeds", default="0")
+    pr.add_argument("--checkpoint", default=str(REPO / "runs" / "graphfm_eval" / "model"))
+    ts = sub.add_parser("token-scale", help="self token vs trunk addition on pretraining graphs")
+    ts.add_argument("--checkpoint", default=str(REPO / "runs" / "graphfm_eval" / "model"))
     g = sub.add_parser("gcn-versions", help="GCN/MLP on every Chameleon/Squirrel file")
     g.add_argument("--files", default="all")
     g.add_argument("--models", default="gcn,mlp")
     args = ap.parse_args(argv)
-    return {"cornell": cmd_cornell, "gcn-versions": cmd_gcn_versions}[args.cmd](args)
+    return {"cornell": cmd_cornell, "probe": cmd_probe, "gcn-versions": cmd_gcn_versions,
+            "token-scale": cmd_token_scale}[
+        args.cmd
+    ](args)
 
 
 if __name__ == "__main__":
