@@ -406,6 +406,15 @@ ROWS = {
         Row(features="raw", init_gain=10.0, epochs=200, eval_every=10),
         "raw, 200 steps, feature-MLP output layer x10 at init",
     ),
+    "raw_gain10_indrop05_200": (
+        Row(features="raw", init_gain=10.0, input_dropout=0.5, epochs=200, eval_every=10),
+        "raw, 200 steps, output layer x10 at init, input dropout 0.5 (the MLP baseline's)",
+    ),
+    "raw_gain10_h64_indrop05_200": (
+        Row(features="raw", init_gain=10.0, input_dropout=0.5, feature_hidden=64, epochs=200,
+            eval_every=10),
+        "raw, 200 steps, x10 init, input dropout 0.5, feature-MLP hidden 64 (= MLP baseline)",
+    ),
     "raw_selfonly_600": (
         Row(epochs=600, features="raw", zero_latents=True, zero_neighbors=True, eval_every=10),
         "probe: raw, 600 steps, self token only",
