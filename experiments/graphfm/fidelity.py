@@ -668,11 +668,14 @@ def cmd_table(args):
     lines += [
         f"## Cornell MFT ablations ({len(m['splits'])} Geom-GCN splits x {len(m['seeds'])} seeds)",
         "",
-        "| row | what changes | test acc. (%) | splits 0-2 | ratio before -> after | "
-        "ridge(token) | ridge(decoder out) |",
-        "|---|---|---|---|---|---|---|",
+        "| row | what changes | test acc. (%) | paired diff vs mlp_raw (± SE) | splits 0-2 | "
+        "ratio before -> after | ridge(token) | ridge(decoder out) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    ref = {(r["split"], r["seed"]): r["test_accuracy"] for r in c["rows"]["mlp_raw"]["per_run"]}
     for k, v in c["rows"].items():
+        dd = 100 * np.array([r["test_accuracy"] - ref[(r["split"], r["seed"])] for r in v["per_run"]])
+        diff = f"{dd.mean():+.1f} ± {dd.std(ddof=1) / np.sqrt(len(dd)):.1f}" if k != "mlp_raw" else "0"
         pa, pb = v.get("probe_after_mean"), v.get("probe_before_mean")
         probe = ["-", "-", "-"]
         if pa:
@@ -683,7 +686,7 @@ def cmd_table(args):
             ]
         lines.append(
             f"| {k} | {v['description']} | {100 * v['test_mean']:.1f} ± {100 * v['test_std']:.1f} | "
-            f"{100 * v['test_mean_splits012']:.1f} | " + " | ".join(probe) + " |"
+            f"{diff} | {100 * v['test_mean_splits012']:.1f} | " + " | ".join(probe) + " |"
         )
     g = OUT / "gcn_versions.json"
     if g.is_file():
