@@ -190,10 +190,14 @@ def _mft(ds, splits, seeds, row: Row, checkpoint: Path, probe: bool = False):
         last = inter["decoder"][f"layer_{cfg.decoder_depth - 1}"]["__call__"][0][:, 0]  # pre-LN
         return tok, last, out["node_embedding"]
 
-    all_batches = [
-        batcher.batch(np.arange(s, min(s + row.batch_targets, ds.num_nodes)), [3, s])
-        for s in range(0, ds.num_nodes, row.batch_targets)
-    ]
+    all_batches = (
+        [
+            batcher.batch(np.arange(s, min(s + row.batch_targets, ds.num_nodes)), [3, s])
+            for s in range(0, ds.num_nodes, row.batch_targets)
+        ]
+        if probe
+        else []
+    )
     pe_w = cfg.pe_channels
 
     def do_probe(params, split):
