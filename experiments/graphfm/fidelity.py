@@ -421,6 +421,18 @@ ROWS = {
             eval_every=10),
         "raw, 200 steps, x10 init, input dropout 0.5, feature-MLP hidden 64 (= MLP baseline)",
     ),
+    "raw_gain10_lr1e-3": (
+        Row(features="raw", init_gain=10.0, lr=1e-3),
+        "raw, x10 init, library budget (25 steps), MFT lr 1e-3 (library default)",
+    ),
+    "raw_gain10_lr1e-2": (
+        Row(features="raw", init_gain=10.0, lr=1e-2),
+        "raw, x10 init, library budget (25 steps), MFT lr 1e-2",
+    ),
+    "raw_gain10_wd0": (
+        Row(features="raw", init_gain=10.0, weight_decay=0.0),
+        "raw, x10 init, library budget (25 steps), weight decay 0",
+    ),
     "raw_selfonly_600": (
         Row(epochs=600, features="raw", zero_latents=True, zero_neighbors=True, eval_every=10),
         "probe: raw, 600 steps, self token only",
