@@ -131,7 +131,9 @@ def _mft(ds, splits, seeds, row: Row, checkpoint: Path, probe: bool = False):
             batch = batch.replace(neighbor_mask=jnp.zeros_like(batch.neighbor_mask))
         if train and row.input_dropout > 0:
             keep = jax.random.bernoulli(key, 1 - row.input_dropout, batch.features.shape)
-            batch = batch.replace(features=jnp.where(keep, batch.features / (1 - row.input_dropout), 0))
+            batch = batch.replace(
+                features=jnp.where(keep, batch.features / (1 - row.input_dropout), 0)
+            )
         return batch
 
     def loss_fn(params, batch, key):
@@ -417,8 +419,14 @@ ROWS = {
         "raw, 200 steps, output layer x10 at init, input dropout 0.5 (the MLP baseline's)",
     ),
     "raw_gain10_h64_indrop05_200": (
-        Row(features="raw", init_gain=10.0, input_dropout=0.5, feature_hidden=64, epochs=200,
-            eval_every=10),
+        Row(
+            features="raw",
+            init_gain=10.0,
+            input_dropout=0.5,
+            feature_hidden=64,
+            epochs=200,
+            eval_every=10,
+        ),
         "raw, 200 steps, x10 init, input dropout 0.5, feature-MLP hidden 64 (= MLP baseline)",
     ),
     "raw_gain10_lr1e-3": (
@@ -448,7 +456,11 @@ def _mlp_refs(ds, splits, seeds):
     svd = reduce_features(ds.x, 128, seed=[0, 0, 0xF3], power_iters=4)
     out = {}
     variants = {
-        "mlp_raw": (ds, BaselineConfig(model="mlp"), "MLP raw features (64 hidden, drop 0.5, 200 ep)"),
+        "mlp_raw": (
+            ds,
+            BaselineConfig(model="mlp"),
+            "MLP raw features (64 hidden, drop 0.5, 200 ep)",
+        ),
         "mlp_svd128": (
             dataclasses.replace(ds, x=svd),
             BaselineConfig(model="mlp"),
@@ -456,18 +468,27 @@ def _mlp_refs(ds, splits, seeds):
         ),
         "mlp_raw_h32_nodrop": (
             ds,
-            BaselineConfig(model="mlp", hidden=32, dropout=0.0, learning_rate=3e-3, weight_decay=1e-2),
+            BaselineConfig(
+                model="mlp", hidden=32, dropout=0.0, learning_rate=3e-3, weight_decay=1e-2
+            ),
             "MLP raw, hidden 32, no dropout, MFT's AdamW lr/wd, 200 ep",
         ),
         "mlp_svd_h32_nodrop": (
             dataclasses.replace(ds, x=svd),
-            BaselineConfig(model="mlp", hidden=32, dropout=0.0, learning_rate=3e-3, weight_decay=1e-2),
+            BaselineConfig(
+                model="mlp", hidden=32, dropout=0.0, learning_rate=3e-3, weight_decay=1e-2
+            ),
             "MLP SVD-128, hidden 32, no dropout, MFT's AdamW lr/wd, 200 ep",
         ),
         "mlp_svd_h32_nodrop_25ep": (
             dataclasses.replace(ds, x=svd),
             BaselineConfig(
-                model="mlp", hidden=32, dropout=0.0, learning_rate=3e-3, weight_decay=1e-2, epochs=25
+                model="mlp",
+                hidden=32,
+                dropout=0.0,
+                learning_rate=3e-3,
+                weight_decay=1e-2,
+                epochs=25,
             ),
             "MLP SVD-128, hidden 32, no dropout, MFT's lr/wd, 25 steps (MFT's budget)",
         ),
@@ -475,11 +496,15 @@ def _mlp_refs(ds, splits, seeds):
     for name, (d, bc, desc) in variants.items():
         runs = []
         for seed in seeds:
-            r = train_node_baseline(d, dataclasses.replace(bc, seed=seed), splits=splits, progress=False)
+            r = train_node_baseline(
+                d, dataclasses.replace(bc, seed=seed), splits=splits, progress=False
+            )
             for p in r["per_split"]:
                 runs.append({**p, "seed": seed})
         out[name] = {"description": desc, **_summary(runs), "per_run": runs}
-        print(json.dumps({name: {k: v for k, v in out[name].items() if k != "per_run"}}), flush=True)
+        print(
+            json.dumps({name: {k: v for k, v in out[name].items() if k != "per_run"}}), flush=True
+        )
     return out
 
 
@@ -488,7 +513,9 @@ def _probe_means(runs):
         return {}
     keys = runs[0]["probe_after"].keys()
     return {
-        f"probe_{when}_mean": {k: float(np.mean([r[f"probe_{when}"][k] for r in runs])) for k in keys}
+        f"probe_{when}_mean": {
+            k: float(np.mean([r[f"probe_{when}"][k] for r in runs])) for k in keys
+        }
         for when in ("before", "after")
     }
 
@@ -533,7 +560,10 @@ def cmd_cornell(args):
             "seconds": round(time.perf_counter() - t0, 1),
             "per_run": runs,
         }
-        print(json.dumps({name: {k: v for k, v in res.items() if k not in ("per_run", "row")}}), flush=True)
+        print(
+            json.dumps({name: {k: v for k, v in res.items() if k not in ("per_run", "row")}}),
+            flush=True,
+        )
         _merge_write(path, {name: res}, meta)
     return 0
 
@@ -597,12 +627,26 @@ def cmd_gcn_versions(args):
                 "per_split": r["per_split"],
                 "seconds": round(time.perf_counter() - t0, 1),
             }
-        print(json.dumps({name: {k: (v if not isinstance(v, dict) else
-                                     round(100 * v["test_mean"], 2)) for k, v in row.items()}}),
-              flush=True)
-        _merge_write(path, {name: row}, {"command": " ".join(sys.argv),
-                                         "paper_gcn": {"chameleon": 38.44, "squirrel": 31.52},
-                                         "paper_mlp": {"chameleon": 46.21, "squirrel": 28.77}})
+        print(
+            json.dumps(
+                {
+                    name: {
+                        k: (v if not isinstance(v, dict) else round(100 * v["test_mean"], 2))
+                        for k, v in row.items()
+                    }
+                }
+            ),
+            flush=True,
+        )
+        _merge_write(
+            path,
+            {name: row},
+            {
+                "command": " ".join(sys.argv),
+                "paper_gcn": {"chameleon": 38.44, "squirrel": 31.52},
+                "paper_mlp": {"chameleon": 46.21, "squirrel": 28.77},
+            },
+        )
     return 0
 
 
@@ -621,12 +665,18 @@ def cmd_probe(args):
         res = {
             "description": desc,
             **_summary(runs),
-            "probe_before_mean": {k: float(np.mean([r["probe_before"][k] for r in runs])) for k in keys},
-            "probe_after_mean": {k: float(np.mean([r["probe_after"][k] for r in runs])) for k in keys},
+            "probe_before_mean": {
+                k: float(np.mean([r["probe_before"][k] for r in runs])) for k in keys
+            },
+            "probe_after_mean": {
+                k: float(np.mean([r["probe_after"][k] for r in runs])) for k in keys
+            },
             "per_run": runs,
         }
         print(json.dumps({name: {k: v for k, v in res.items() if k != "per_run"}}), flush=True)
-        _merge_write(path, {name: res}, {"command": " ".join(sys.argv), "splits": splits, "seeds": seeds})
+        _merge_write(
+            path, {name: res}, {"command": " ".join(sys.argv), "splits": splits, "seeds": seeds}
+        )
     return 0
 
 
@@ -635,7 +685,6 @@ def cmd_token_scale(args):
     pretraining graphs (their own trained feature MLPs) and on Cornell (a fresh MLP, as MFT
     starts)."""
     import jax
-    import jax.numpy as jnp
 
     from jaxfm.graphfm import GraphFM
     from jaxfm.train.graphfm_finetune import _GraphBatcher, load_pretrained_graphfm
@@ -647,9 +696,13 @@ def cmd_token_scale(args):
 
     @jax.jit
     def internals(p, batch):
-        o, st = model.apply({"params": p}, batch, capture_intermediates=True, mutable=["intermediates"])
+        o, st = model.apply(
+            {"params": p}, batch, capture_intermediates=True, mutable=["intermediates"]
+        )
         tok = o["tokens"][batch.target_index]
-        last = st["intermediates"]["decoder"][f"layer_{base.decoder_depth - 1}"]["__call__"][0][:, 0]
+        last = st["intermediates"]["decoder"][f"layer_{base.decoder_depth - 1}"]["__call__"][0][
+            :, 0
+        ]
         return tok, last
 
     for rel, name in (
@@ -669,7 +722,9 @@ def cmd_token_scale(args):
         out[name] = {
             "self_token_norm": float(np.linalg.norm(tok, axis=1).mean()),
             "trunk_addition_norm": float(np.linalg.norm(last - tok, axis=1).mean()),
-            "ratio": float((np.linalg.norm(last - tok, axis=1) / np.linalg.norm(tok, axis=1)).mean()),
+            "ratio": float(
+                (np.linalg.norm(last - tok, axis=1) / np.linalg.norm(tok, axis=1)).mean()
+            ),
         }
         print(json.dumps({name: out[name]}), flush=True)
     _merge_write(OUT / "token_scale.json", out, {"command": " ".join(sys.argv)})
@@ -690,8 +745,12 @@ def cmd_table(args):
     ]
     ref = {(r["split"], r["seed"]): r["test_accuracy"] for r in c["rows"]["mlp_raw"]["per_run"]}
     for k, v in c["rows"].items():
-        dd = 100 * np.array([r["test_accuracy"] - ref[(r["split"], r["seed"])] for r in v["per_run"]])
-        diff = f"{dd.mean():+.1f} ± {dd.std(ddof=1) / np.sqrt(len(dd)):.1f}" if k != "mlp_raw" else "0"
+        dd = 100 * np.array(
+            [r["test_accuracy"] - ref[(r["split"], r["seed"])] for r in v["per_run"]]
+        )
+        diff = (
+            f"{dd.mean():+.1f} ± {dd.std(ddof=1) / np.sqrt(len(dd)):.1f}" if k != "mlp_raw" else "0"
+        )
         pa, pb = v.get("probe_after_mean"), v.get("probe_before_mean")
         probe = ["-", "-", "-"]
         if pa:
@@ -755,10 +814,17 @@ def cmd_mft(args):
             row = dataclasses.replace(row, epochs=args.epochs, steps_per_epoch=0, eval_every=0)
         t0 = time.perf_counter()
         runs = _mft(ds, splits, seeds, row, Path(args.checkpoint))
-        res = {"description": desc, "row": dataclasses.asdict(row), **_summary(runs),
-               "seconds": round(time.perf_counter() - t0, 1), "per_run": runs}
-        print(json.dumps({name: {k: v for k, v in res.items() if k not in ("per_run", "row")}}),
-              flush=True)
+        res = {
+            "description": desc,
+            "row": dataclasses.asdict(row),
+            **_summary(runs),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "per_run": runs,
+        }
+        print(
+            json.dumps({name: {k: v for k, v in res.items() if k not in ("per_run", "row")}}),
+            flush=True,
+        )
         _merge_write(path, {name: res}, {"command": " ".join(sys.argv), "dataset": args.dataset})
     return 0
 
@@ -794,11 +860,14 @@ def main(argv=None):
     g.add_argument("--files", default="all")
     g.add_argument("--models", default="gcn,mlp")
     args = ap.parse_args(argv)
-    return {"cornell": cmd_cornell, "probe": cmd_probe, "gcn-versions": cmd_gcn_versions,
-            "token-scale": cmd_token_scale, "table": cmd_table,
-            "mft": cmd_mft}[
-        args.cmd
-    ](args)
+    return {
+        "cornell": cmd_cornell,
+        "probe": cmd_probe,
+        "gcn-versions": cmd_gcn_versions,
+        "token-scale": cmd_token_scale,
+        "table": cmd_table,
+        "mft": cmd_mft,
+    }[args.cmd](args)
 
 
 if __name__ == "__main__":
