@@ -3,8 +3,8 @@
 The library's MFT (``jaxfm.train.graphfm_finetune.finetune``) has a fixed recipe: features reduced
 to ``feature_dim`` (128) SVD components, a ``F -> D -> D - P`` feature MLP, one decoded batch of
 ``batch_targets`` nodes per step, AdamW, validation selection once per epoch. This script re-runs
-the same MFT from library pieces (``_GraphBatcher``, ``GraphFM``, ``transplant_pretrained``,
-``param_rules.masked_optimizer``, ``loss_and_metrics``) with every one of those knobs exposed, so
+the same MFT from library pieces (``WholeGraphBatcher``, ``GraphFM``, ``transplant_pretrained``,
+``make_optimizer``, ``loss_and_metrics``) with every one of those knobs exposed, so
 each ablation is one row: trunk (pretrained / random init), features (SVD-128 / raw), feature-MLP
 width, optimizer steps and lr, trunk dropout, input-feature dropout, neighbours / latents zeroed,
 number of decoder neighbours. Rows that change something the library cannot express are labelled
@@ -88,15 +88,15 @@ def _mft(ds, splits, seeds, row: Row, checkpoint: Path, probe: bool = False):
     import optax
     from flax import linen as nn
 
+    from jaxfm.data.whole_graph import WholeGraphBatcher
     from jaxfm.graphfm import GraphFM, loss_and_metrics
     from jaxfm.graphfm.encoder import PerceiverEncoder
-    from jaxfm.train import param_rules
     from jaxfm.train.graphfm_finetune import (
         NEW_PARAMS,
-        _GraphBatcher,
         load_pretrained_graphfm,
         transplant_pretrained,
     )
+    from jaxfm.train.optim import OptimizerConfig, make_optimizer
 
     base, pretrained = load_pretrained_graphfm(checkpoint)
     fdim = row.feature_dim if row.features == "svd" else int(ds.x.shape[1])
@@ -108,7 +108,7 @@ def _mft(ds, splits, seeds, row: Row, checkpoint: Path, probe: bool = False):
     if row.neighbors is not None:
         over["num_neighbors"] = row.neighbors
     base = dataclasses.replace(base, **over)
-    batcher = _GraphBatcher(ds, base, row.batch_targets, 0)
+    batcher = WholeGraphBatcher.for_model(ds, base, row.batch_targets, 0)
     cfg = dataclasses.replace(base, datasets=(batcher.spec,))
     model = GraphFM(cfg)
     y = np.asarray(ds.y)
@@ -151,9 +151,10 @@ def _mft(ds, splits, seeds, row: Row, checkpoint: Path, probe: bool = False):
     tx_cache = {}
 
     def make_step(params):
-        tx = param_rules.masked_optimizer(
-            optax.adamw(row.lr, weight_decay=row.weight_decay), params, list(NEW_PARAMS)
+        opt = OptimizerConfig(
+            name="adamw", learning_rate=row.lr, weight_decay=row.weight_decay, clip_norm=None
         )
+        tx = make_optimizer(opt, params, trainable=list(NEW_PARAMS))
 
         @jax.jit
         def step(params, opt_state, batch, key):
@@ -686,8 +687,9 @@ def cmd_token_scale(args):
     starts)."""
     import jax
 
+    from jaxfm.data.whole_graph import WholeGraphBatcher
     from jaxfm.graphfm import GraphFM
-    from jaxfm.train.graphfm_finetune import _GraphBatcher, load_pretrained_graphfm
+    from jaxfm.train.graphfm_finetune import load_pretrained_graphfm
 
     base, params = load_pretrained_graphfm(args.checkpoint)
     names = [d.name for d in base.datasets]
@@ -715,7 +717,7 @@ def cmd_token_scale(args):
             out[name] = f"not in the checkpoint's table ({names[:5]}...)"
             continue
         ds = _load(rel)
-        b = _GraphBatcher(ds, base, 512, 0)
+        b = WholeGraphBatcher.for_model(ds, base, 512, 0)
         nodes = np.random.default_rng(0).choice(ds.num_nodes, min(512, ds.num_nodes), replace=False)
         batch, ids = b.batch(nodes, 0, dataset=match[0], num_datasets=len(names))
         tok, last = (np.asarray(a)[np.asarray(batch.target_mask)] for a in internals(params, batch))
