@@ -292,16 +292,19 @@ def _per_dataset_table(names, correct, count) -> dict[str, float]:
 RESUMABLE_OUTPUTS = ("checkpoint_every", "keep", "log_every", "mesh", "eval_every", "eval_buckets")
 
 
-def run_info(cfg: PretrainConfig, model_cfg: GraphFMConfig) -> dict:
-    """What a resume must repeat: the config (minus output settings) and the corpus.
+def run_info(cfg: PretrainConfig, model_cfg: GraphFMConfig, *, identity: bool = False) -> dict:
+    """The run's config (minus output settings) and corpus, as ``run.json`` records it.
 
-    The length of the run (``steps``, and with it the schedule's ``total_steps``) may change:
-    a resume can extend a run, the learning-rate schedule then follows the new length.
+    With ``identity``, what a resume must repeat: the same without the run's length (``steps``
+    and the schedule's ``total_steps``), since a resume may extend a run (the learning-rate
+    schedule then follows the new length).
     """
     info = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    for k in ("workdir", "steps", *RESUMABLE_OUTPUTS):
+    for k in ("workdir", *RESUMABLE_OUTPUTS):
         info.pop(k, None)
-    info.get("optimizer", {}).pop("total_steps", None)
+    if identity:
+        info.pop("steps", None)
+        info.get("optimizer", {}).pop("total_steps", None)
     info["datasets"] = [s.name for s in model_cfg.datasets]
     return info
 
@@ -444,7 +447,7 @@ def pretrain(
         keep=cfg.keep,
         resume=resume,
         overwrite=overwrite,
-        run_info=run_info(cfg, model_cfg),
+        run_info=run_info(cfg, model_cfg, identity=True),
         log_every=cfg.log_every,
         step_record=step_record,
         put=put,

@@ -75,7 +75,11 @@ def test_empty_or_absent_out_is_written(tmp_path, src, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert _convert(capsys, src, empty)[0] == 0
-    assert sorted(p.name for p in empty.iterdir()) == ["config.json", "params.safetensors"]
+    assert sorted(p.name for p in empty.iterdir()) == [
+        "README.md",  # the model card
+        "config.json",
+        "params.safetensors",
+    ]
     assert _convert(capsys, src, tmp_path / "new" / "out")[0] == 0
 
 
