@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jaxfm.graph.packed import TASKS, DatasetSpec
+from jaxfm.graph.packed import TASKS, DatasetSpec, _is_int, _require
 
 __all__ = [
     "ATTENTION_PATHS",
@@ -43,15 +43,6 @@ ATTENTION_PATHS = ("auto", "segment", "bucketed")
 #: Per-dataset feature MLP implementations: ``ragged`` (``jax.lax.ragged_dot``, the default) and
 #: ``gather`` (each row gathers its dataset's weights; same numbers, for tests and benchmarks).
 FEATURE_MLP_PATHS = ("ragged", "gather")
-
-
-def _require(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -12,12 +12,13 @@ the same step. Metrics returned by the loss function must be sums (counts, sums 
 that they add across micro-batches.
 
 Example:
-  >>> import optax
+  >>> from jaxfm.train.optim import OptimizerConfig, make_optimizer
   >>> def loss_fn(params, batch, rng, train):
   ...     err = batch["x"] * params["w"] - batch["y"]
   ...     return (err**2).mean(), {"count": jnp.float32(err.size)}
-  >>> opt = optax.sgd(0.1)
-  >>> state = TrainState.create({"w": jnp.ones(())}, opt)
+  >>> params = {"w": jnp.ones(())}
+  >>> opt = make_optimizer(OptimizerConfig(name="sgd", learning_rate=0.1, clip_norm=None), params)
+  >>> state = TrainState.create(params, opt)
   >>> step = make_train_step(loss_fn, opt)
   >>> batch = {"x": jnp.ones((1, 1, 4)), "y": jnp.zeros((1, 1, 4))}  # [A=1, D=1, 4]
   >>> state, metrics = step(state, batch, jax.random.key(0))
