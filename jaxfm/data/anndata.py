@@ -436,7 +436,7 @@ def read_h5ad(path: PathLike, *, layer: str | None = None) -> AnnDataLike:
         MissingKeyError: ``layer`` is not in the file (the message lists the available layers).
 
     Example:
-        >>> ad = read_h5ad("tests/fixtures/spatial/tiny.h5ad")  # doctest: +SKIP
+        >>> ad = read_h5ad("cells.h5ad")  # doctest: +SKIP
         >>> ad.X.shape, list(ad.obsm)  # doctest: +SKIP
         ((12, 7), ['X_spatial', 'spatial'])
     """

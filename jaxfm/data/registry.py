@@ -131,7 +131,7 @@ def default_root() -> Path:
     if not env:
         raise FileNotFoundError(
             "a registry name needs a dataset root: pass root=... or set $JAXFM_DATASETS to the "
-            "folder that holds the datasets (e.g. export JAXFM_DATASETS=../shared/datasets)"
+            "folder that holds the datasets (e.g. export JAXFM_DATASETS=/data/graphs)"
         )
     return Path(env)
 

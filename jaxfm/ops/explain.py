@@ -89,7 +89,7 @@ def explain_attention(fn, *args, **kwargs) -> list[dict]:
     """Compiles ``jax.jit(fn)(*args, **kwargs)`` and reports each attention call's path.
 
     Args:
-      fn: the function to lower (e.g. a train step: ``jax.value_and_grad(loss)``).
+      fn: the function to lower (e.g. the gradient of a training loss).
       *args: its arguments (arrays or ``jax.ShapeDtypeStruct``; nothing is executed).
       **kwargs: keyword arguments of ``fn``.
 
