@@ -135,6 +135,10 @@ _FINETUNE_FIELDS = [
     "unfreeze_start",
     "unfreeze_every",
     "lr_decay",
+    "feature_dim",
+    "feature_hidden",
+    "feature_init_gain",
+    "input_dropout",
     "seed",
     "workdir",
 ]

@@ -9,6 +9,14 @@ rate is divided by 1.5. Which parameters train in each phase is a list of parame
 
 The whole graph is encoded at every step (one graph slot; GraphFM's encoder is O(N K)), and the
 node decoder runs on a batch of training targets. Evaluation decodes every node of a split.
+
+The new graph's feature MLP is not bound to the pretraining corpus, and three of its settings
+decide whether the frozen trunk keeps the node's own features (measured in experiments/README.md,
+"GraphFM fidelity"): it reads the raw features (``feature_dim=None``, the paper's choice; the SVD
+reduction of pretraining removes much of a bag-of-words graph's class signal), its output layer
+starts ``feature_init_gain`` times larger than lecun init (the frozen decoder otherwise adds a
+vector about 16x the new token's norm at the node's own position, and the final LayerNorm hands
+the head mostly neighbour and latent content), and it trains with input dropout.
 """
 
 from __future__ import annotations
@@ -36,9 +44,12 @@ from jaxfm.train.trainer import EpochBatches, Select, fit, run_splits
 
 __all__ = [
     "FinetuneConfig",
+    "drop_input_features",
     "embed_graph",
     "finetune",
+    "finetune_inputs",
     "load_pretrained_graphfm",
+    "scale_new_feature_mlp",
     "splits_for",
     "transplant_pretrained",
     "unfreeze_epochs",
@@ -64,6 +75,13 @@ class FinetuneConfig:
       unfreeze_start, unfreeze_every: NFT's E0 and dE (epochs); NFT needs
         ``unfreeze_start < epochs`` (else it would never unfreeze and equal MFT).
       lr_decay: NFT divides the learning rate by this at each unfreeze.
+      feature_dim: input width of the new feature MLP: None feeds the graph's raw features (the
+        paper); an int reduces wider graphs to that many SVD components, as pretraining does.
+      feature_hidden: hidden width of the new feature MLP (None: the pretrained model's).
+      feature_init_gain: the new feature MLP's output layer is initialised this many times larger
+        than lecun init, so that the node's own token is not drowned by what the frozen decoder
+        adds at its position (1: plain init).
+      input_dropout: dropout on the input feature rows during training (0: none).
       seed: init of the new parameters, batch order and neighbour sampling.
       workdir: one sub-workdir per split (checkpoints, ``metrics.jsonl``, ``result.json``;
         None: nothing is written).
@@ -76,11 +94,15 @@ class FinetuneConfig:
     num_random_splits: int = 5
     epochs: int = 60
     batch_targets: int = 512
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     weight_decay: float = 1e-2
     unfreeze_start: int = 20
     unfreeze_every: int = 10
     lr_decay: float = 1.5
+    feature_dim: int | None = None
+    feature_hidden: int | None = 64
+    feature_init_gain: float = 10.0
+    input_dropout: float = 0.5
     seed: int = 0
     workdir: str | None = "runs/finetune"
 
@@ -92,6 +114,18 @@ class FinetuneConfig:
         if self.unfreeze_start < 0 or self.unfreeze_every < 1 or self.lr_decay < 1:
             raise ValueError(
                 "FinetuneConfig: bad NFT schedule (start >= 0, every >= 1, decay >= 1)"
+            )
+        for name in ("feature_dim", "feature_hidden"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"FinetuneConfig.{name} must be None or an int >= 1, got {v!r}")
+        if not self.feature_init_gain > 0:
+            raise ValueError(
+                f"FinetuneConfig.feature_init_gain must be > 0, got {self.feature_init_gain!r}"
+            )
+        if not 0 <= self.input_dropout < 1:
+            raise ValueError(
+                f"FinetuneConfig.input_dropout must be in [0, 1), got {self.input_dropout!r}"
             )
         if self.mode == "nft" and self.unfreeze_start >= self.epochs:
             raise ValueError(
@@ -158,6 +192,37 @@ def transplant_pretrained(
     return jax.device_put(out), keep_new  # device_put: no per-shape compile
 
 
+def finetune_inputs(
+    ds: NodeDataset, base_cfg: GraphFMConfig, cfg: FinetuneConfig
+) -> tuple[WholeGraphBatcher, GraphFMConfig]:
+    """The batcher and model config of finetuning ``base_cfg`` on ``ds``: one dataset slot whose
+    feature MLP reads ``cfg.feature_dim`` columns (raw when None) through ``cfg.feature_hidden``
+    hidden units; the trunk is unchanged."""
+    width = ds.x.shape[1] if cfg.feature_dim is None else cfg.feature_dim
+    hidden = base_cfg.feature_hidden if cfg.feature_hidden is None else cfg.feature_hidden
+    base = dataclasses.replace(base_cfg, feature_dim=int(width), feature_hidden=hidden)
+    batcher = WholeGraphBatcher.for_model(ds, base, cfg.batch_targets, cfg.seed)
+    return batcher, dataclasses.replace(base, datasets=(batcher.spec,))
+
+
+def scale_new_feature_mlp(params: dict, gain: float) -> dict:
+    """``params`` with the fresh feature MLP's output kernel multiplied by ``gain``."""
+    if gain == 1.0:
+        return params
+    mlp = params["tokenizer"]["feature_mlp"]
+    mlp = {**mlp, "kernel_1": mlp["kernel_1"] * gain}
+    return {**params, "tokenizer": {**params["tokenizer"], "feature_mlp": mlp}}
+
+
+def drop_input_features(batch, key, rate: float):
+    """Inverted dropout on ``batch.features`` (training only)."""
+    if rate == 0:
+        return batch
+    keep = jax.random.bernoulli(key, 1 - rate, batch.features.shape)
+    dropped = jnp.where(keep, batch.features / (1 - rate), jnp.zeros((), batch.features.dtype))
+    return dataclasses.replace(batch, features=dropped)
+
+
 def splits_for(ds: NodeDataset, chosen: list[int] | None = None) -> list[tuple[int, Split]]:
     """``(index, split)`` pairs of the dataset's splits: its public ones, else the seeded
     fallback :func:`jaxfm.data.splits.seeded_node_splits` made when it was loaded (pass
@@ -202,12 +267,14 @@ def finetune(
             f"--dataset {cfg.dataset}: '{ds.name}' was in the pretraining corpus; evaluate on "
             "unseen graphs only"
         )
-    batcher = WholeGraphBatcher.for_model(ds, base_cfg, cfg.batch_targets, cfg.seed)
-    model_cfg = dataclasses.replace(base_cfg, datasets=(batcher.spec,))
+    batcher, model_cfg = finetune_inputs(ds, base_cfg, cfg)
     model = GraphFM(model_cfg)
     y = np.asarray(ds.y)
 
     def loss_fn(params, batch, key, train):
+        key, drop_key = jax.random.split(key)
+        if train:
+            batch = drop_input_features(batch, drop_key, cfg.input_dropout)
         out = model.apply({"params": params}, batch, deterministic=not train, rngs={"dropout": key})
         return loss_and_metrics(out, batch, model_cfg)[0], {}
 
@@ -244,6 +311,7 @@ def finetune(
         example, _ = batcher.batch(train_nodes[:1], 0)
         fresh = jax.jit(lambda k, b: model.init(k, b)["params"])(init_key, example)
         params, _ = transplant_pretrained(fresh, pretrained, cfg.checkpoint)
+        params = scale_new_feature_mlp(params, cfg.feature_init_gain)
 
         def epoch_batches(epoch):
             order = np.random.default_rng([cfg.seed, split_index, epoch]).permutation(train_nodes)
