@@ -50,7 +50,7 @@ def params():
 
 
 def test_resolve_attention_path_on_this_backend():
-    expect = "bucketed" if jax.default_backend() == "gpu" else "segment"
+    expect = "segment" if jax.default_backend() == "tpu" else "bucketed"
     assert resolve_attention_path("auto") == expect
     assert resolve_attention_path("bucketed") == "bucketed"
     with pytest.raises(ValueError, match="attention path must be one of"):
