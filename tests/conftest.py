@@ -8,6 +8,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("JAXFM_SHARED", REPO.parent / "shared"))
 FIXTURES = REPO / "tests" / "fixtures"
+# The CLI's persistent compilation cache stays off in tests (no writes to ~/.cache, no state
+# carried between tests); tests/test_compilation_cache.py turns it on in a temporary folder.
+os.environ.setdefault("JAXFM_COMPILATION_CACHE", "off")
 
 
 @pytest.fixture(scope="session")

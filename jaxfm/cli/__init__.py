@@ -12,7 +12,8 @@ jaxfm graphfm summary --config NAME
 One vocabulary: --data is a dataset, --model-dir a model directory (a run's WORKDIR is understood
 too: its model/ folder is used), --config/--variant a size preset. The older spellings --dataset
 and --checkpoint are accepted as aliases. `--resume --workdir DIR` repeats the run recorded in
-DIR/run.json. Outputs go under runs/ by default.
+DIR/run.json. Outputs go under runs/ by default. Compiled programs are cached on disk
+(``~/.cache/jaxfm/xla``; see :mod:`jaxfm.compilation_cache`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     from jaxfm.cli.resume import given_dests
 
     args.given = given_dests(parser, argv)  # the flags typed, for --resume's checks
+    from jaxfm.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # $JAXFM_COMPILATION_CACHE=off disables it
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
