@@ -29,6 +29,7 @@ _PRETRAIN_IDENTITY = {
     "data": ("--data", "data"),
     "synthetic_graphs": ("--synthetic", "synthetic_graphs"),
     "exclude": ("--exclude", "exclude"),
+    "corpus": ("--corpus", "corpus"),
     "steps": ("--steps", "steps"),
     "accum": ("--accum", "accum"),
     "devices": ("--devices", "devices"),
@@ -58,6 +59,7 @@ def _pretrain_config(args):
         data=tuple(args.data or ()),
         synthetic_graphs=args.synthetic_graphs,
         exclude=tuple(args.exclude or ()),
+        corpus=args.corpus,
         steps=args.steps,
         accum=args.accum,
         devices=args.devices,
@@ -256,6 +258,9 @@ def add_parsers(sub) -> None:
         action="append",
         help="regex of dataset names to keep out of pretraining (evaluation graphs); repeatable",
     )
+    from jaxfm.data.corpus_presets import CORPUS_PRESETS
+
+    add_field(p, PretrainConfig, "corpus", choices=sorted(CORPUS_PRESETS))
     add_field(p, PretrainConfig, "steps")
     p.add_argument("--accum", type=int, default=1, help="gradient-accumulation buckets per step")
     p.add_argument(

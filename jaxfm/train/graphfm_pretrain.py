@@ -66,6 +66,9 @@ class PretrainConfig:
       synthetic_graphs: number of synthetic SBM graphs added to the corpus.
       synthetic_nodes: node-count range of the synthetic graphs.
       exclude: regexes of dataset names kept out of pretraining (the evaluation graphs).
+      corpus: a paper corpus preset (``paper-small`` / ``paper-medium``, GraphFM appendix B.2;
+        :mod:`jaxfm.data.corpus_presets`): only its graphs are taken from ``data``, and the ones
+        missing there are listed; None: every dataset under ``data``.
       steps: optimizer steps; ``accum``: buckets accumulated per step; ``devices``: buckets per
         accumulation step, a multiple of the mesh's ``data x fsdp`` (default: equal to it), so
         buckets per step = devices x accum (paper C.1).
@@ -91,6 +94,7 @@ class PretrainConfig:
     synthetic_graphs: int = 24
     synthetic_nodes: tuple[int, int] = (64, 1500)
     exclude: tuple[str, ...] = ()
+    corpus: str | None = None
     steps: int = 300
     accum: int = 1
     devices: int | None = None
@@ -133,6 +137,18 @@ class PretrainConfig:
                 "PretrainConfig: eval_every must be >= 0 and eval_buckets >= 1, got "
                 f"{self.eval_every} / {self.eval_buckets}"
             )
+        if self.corpus is not None:
+            from jaxfm.data.corpus_presets import CORPUS_PRESETS
+
+            if self.corpus not in CORPUS_PRESETS:
+                raise ValueError(
+                    f"PretrainConfig.corpus {self.corpus!r} is unknown; choose from "
+                    f"{sorted(CORPUS_PRESETS)}"
+                )
+            if not self.data:
+                raise ValueError(
+                    f"PretrainConfig.corpus={self.corpus!r} needs the dataset folders in data"
+                )
         if not self.data and self.synthetic_graphs == 0:
             raise ValueError("PretrainConfig: no data paths and no synthetic graphs: empty corpus")
         if self.max_lr_scale < 1:
@@ -158,7 +174,7 @@ def build_pretraining_corpus(cfg: PretrainConfig, *, log=print) -> list[NodeData
     from jaxfm.data.sbm import sbm_corpus
     from jaxfm.data.selection import select_datasets
 
-    datasets = select_datasets(cfg.data, cfg.exclude, log=log)
+    datasets = select_datasets(cfg.data, cfg.exclude, preset=cfg.corpus, log=log)
     if cfg.synthetic_graphs:
         datasets.extend(
             sbm_corpus(cfg.synthetic_graphs, seed=cfg.seed, node_range=cfg.synthetic_nodes)
