@@ -70,9 +70,13 @@ def test_graphfm_train_step_explanation():
     from jaxfm.graphfm import graphfm_config
     from jaxfm.train.explain import explain_train_step
 
+    from jaxfm.graphfm.encoder import resolve_attention_path
+
     rows = explain_train_step(graphfm_config("small"), nodes=64, graphs=2, targets=8)
     paths = [r["path"] for r in rows]
-    assert paths[0] == "GraphFM/encoder/cross_attention" and rows[0]["q"] == (1, 64, 4, 8)
+    # the latents' queries: one packed sequence of G*K rows (segment), or [G, K] (bucketed)
+    q = {"segment": (1, 64, 4, 8), "bucketed": (2, 32, 4, 8)}[resolve_attention_path("auto")]
+    assert paths[0] == "GraphFM/encoder/cross_attention" and rows[0]["q"] == q
     assert sum(p.startswith("GraphFM/encoder/layer_") for p in paths) == 4
     assert sum(p.startswith("GraphFM/decoder/") for p in paths) == 2
     assert all(r["hlo_bwd_ops"] > 0 for r in rows)  # a train step: backward present
