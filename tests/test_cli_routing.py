@@ -146,3 +146,87 @@ def test_training_commands_pass_tensorboard_and_profile_steps(command, capsys):
     assert observability(off) == {"tensorboard": False, "profile_steps": None}
     assert main([*command, "--profile-steps", "3"]) == 2
     assert "--profile-steps '3': expected A:B" in capsys.readouterr().err
+
+
+def _config_field_names() -> set[str]:
+    import dataclasses
+
+    from jaxfm.fimp.data import DataOptions
+    from jaxfm.train.fimp import RunConfig
+    from jaxfm.train.graphfm_finetune import FinetuneConfig
+    from jaxfm.train.graphfm_pretrain import PretrainConfig
+    from jaxfm.train.optim import OptimizerConfig
+
+    classes = (PretrainConfig, FinetuneConfig, RunConfig, DataOptions, OptimizerConfig)
+    return {f.name for cls in classes for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("command", LEAVES, ids=" ".join)
+def test_every_flag_help_is_its_own_whole_entry(command):
+    """Help texts from the config docstrings: not the bare field name, not cut short (balanced
+    parentheses and backticks), and without a neighbouring field's ``name:`` entry."""
+    import re
+
+    fields = _config_field_names()
+    parser = dict(_leaf_commands(_parser()))[command]
+    bad = []
+    for a in parser._actions:
+        if not a.option_strings or a.help in (None, argparse.SUPPRESS) or "-h" in a.option_strings:
+            continue
+        text, own = a.help.replace("%%", "%"), a.dest.split("__")[-1]
+        names = {own.replace("_", " ")} | {s.strip("-").replace("-", " ") for s in a.option_strings}
+        if text.strip().rstrip(".").lower() in names:
+            bad.append(f"{a.option_strings[0]}: only the field name ({text!r})")
+        if text.count("(") != text.count(")") or text.count("`") % 2:
+            bad.append(f"{a.option_strings[0]}: unbalanced, cut short? ({text!r})")
+        # an entry's "name:" as it appears inlined: ``name``: anywhere, or name: after "; "
+        for m in re.finditer(r"(?:``(\w+)``|(?:^|; )(\w+)):\s", text):
+            other = m.group(1) or m.group(2)
+            if other in fields and other != own:
+                bad.append(f"{a.option_strings[0]}: includes the entry of {other!r} ({text!r})")
+    assert not bad, f"jaxfm {' '.join(command)}:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "expected"),
+    [
+        (["fimp", "train"], "--graph", "(self loops only: the no-graph ablation)"),
+        (["fimp", "train"], "--mask-rate", "(``expression``; FIMP paper: 80 %)"),
+        (["finetune"], "--workdir", "None: nothing is written)"),
+        (["pretrain"], "--steps", "optimizer steps."),
+        (["pretrain"], "--checkpoint-every", "save every N steps (and at the end)."),
+        (["fimp", "train"], "--epochs", "maximum epochs."),
+    ],
+)
+def test_flag_help_is_the_whole_docstring_entry(argv, flag, expected):
+    parser = dict(_leaf_commands(_parser()))[tuple(argv)]
+    (action,) = [a for a in parser._actions if flag in a.option_strings]
+    assert expected in action.help.replace("%%", "%")
+
+
+def test_doc_parses_attributes_by_indentation():
+    from jaxfm.cli.fields import _doc
+
+    class C:
+        """A config.
+
+        Attributes:
+          graph: ``"file"`` or ``"none"`` (self
+            loops only: the ablation).
+          a, b: shared text
+            over: two lines.
+          c: last.
+
+        Example:
+          d: not an attribute.
+        """
+
+    class First:
+        """Attributes:
+        steps: optimizer steps.
+        """
+
+    assert _doc(C, "graph") == '``"file"`` or ``"none"`` (self loops only: the ablation).'
+    assert _doc(C, "b") == "shared text over: two lines."
+    assert _doc(C, "c") == "last." and _doc(C, "d") == "" and _doc(C, "over") == ""
+    assert _doc(First, "steps") == "optimizer steps."

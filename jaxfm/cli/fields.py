@@ -67,11 +67,49 @@ def field_default(cls, name: str) -> Any:
     return dataclasses.MISSING
 
 
+_ENTRY = re.compile(r"(\w+(?:\s*,\s*\w+)*):(?:\s+(.*))?$")
+
+
+def _attribute_entries(doc: str) -> list[tuple[list[str], str]]:
+    """``[(names, text)]`` of a Google-style docstring's ``Attributes:`` section.
+
+    An entry starts at the section's entry indentation with ``name[, name2 ...]:``; more
+    indented lines continue it (whatever they contain, ``word:`` included). The section ends at a
+    line indented no deeper than ``Attributes:`` or at an entry-level line that is no entry.
+    """
+    lines = doc.expandtabs().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Attributes:"), None)
+    if start is None:
+        return []
+    # a docstring's first line carries no indentation: there, every later line is inside
+    header_indent = len(lines[start]) - len(lines[start].lstrip()) if start else -1
+    entries: list[tuple[list[str], list[str]]] = []
+    entry_indent = None
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent <= header_indent:
+            break
+        if entry_indent is None:
+            entry_indent = indent
+        if indent > entry_indent and entries:
+            entries[-1][1].append(line.strip())
+            continue
+        m = _ENTRY.match(line.strip()) if indent == entry_indent else None
+        if m is None:
+            break
+        names = [n.strip() for n in m.group(1).split(",")]
+        entries.append((names, [m.group(2) or ""]))
+    return [(names, " ".join(" ".join(text).split())) for names, text in entries]
+
+
 def _doc(cls, name: str) -> str:
-    doc = cls.__doc__ or ""
-    m = re.search(rf"^\s+(?:[\w, ]*\b)?{name}\b[\w, ]*:\s*(.+?)(?=^\s+\w[\w, ]*:\s|\Z)", doc,
-                  re.M | re.S)  # fmt: skip
-    return " ".join(m.group(1).split()) if m else ""
+    """The full text of the ``Attributes:`` entry of ``cls`` that names ``name`` ("" if none)."""
+    for names, text in _attribute_entries(cls.__doc__ or ""):
+        if name in names:
+            return text
+    return ""
 
 
 def _base_type(tp) -> tuple[Any, bool]:

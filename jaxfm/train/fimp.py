@@ -81,18 +81,20 @@ class RunConfig:
       overrides: FIMPConfig field overrides (e.g. ``{"num_layers": 2}``).
       data_options: how the data becomes graphs.
       optimizer: optax optimizer settings (AdamW, lr 3e-3, weight decay 1e-4).
-      epochs: maximum epochs; ``patience``: early-stopping patience (epochs) on the validation
-        metric.
+      epochs: maximum epochs.
+      patience: early stopping: stop after this many epochs without a better validation metric.
       batch_size: seed nodes per micro-batch (node tasks).
       recordings_per_batch: recordings per micro-batch (``fmri``).
       max_neighbors: per-hop neighbour sampling cap (``None``: all neighbours).
       mesh: device mesh, e.g. ``"data=2,fsdp=4"`` (None: one device).
-      accum: micro-batches accumulated per step; ``devices``: micro-batches per accumulation
-        step (default: the mesh's ``data x fsdp``). A step averages ``accum x devices``
-        micro-batches, so the same ``devices`` gives the same run on any mesh.
+      accum: micro-batches accumulated per step (gradient accumulation).
+      devices: micro-batches per accumulation step (default: the mesh's ``data x fsdp``). A step
+        averages ``accum x devices`` micro-batches, so the same ``devices`` gives the same run on
+        any mesh.
       seed: parameter-init / dropout / batch-order seed.
       workdir: checkpoints, ``metrics.jsonl`` and ``run.json`` (None: none are written).
-      save_dir: write the best model here (atomic); ``output_json``: write the results here.
+      save_dir: write the best model here (atomic).
+      output_json: also write the results (every metric of the run) to this JSON file.
       init: ``"scratch"`` (FIMP-base) or a pretrained variant: ``vit``, ``scgpt``, ``brainlm``
         (``checkpoint`` = a ``jaxfm convert`` output directory) or ``genept`` (``checkpoint`` =
         a gene-embedding table file, see :mod:`jaxfm.fimp.genept`).

@@ -69,6 +69,8 @@ class FinetuneConfig:
       dataset: dataset file/folder (any format of :mod:`jaxfm.data.registry`).
       splits: split indices to run (None = all public splits, or ``num_random_splits`` seeded
         60/20/20 ones when the dataset has none).
+      num_random_splits: how many seeded random 60/20/20 train/val/test splits to make when the
+        dataset has no public splits (ignored when it has them).
       epochs: passes over the training nodes; model selection on validation accuracy.
       batch_targets: training nodes decoded per step.
       learning_rate, weight_decay: AdamW, the same for every dataset (paper: fixed).

@@ -69,9 +69,10 @@ class PretrainConfig:
       corpus: a paper corpus preset (``paper-small`` / ``paper-medium``, GraphFM appendix B.2;
         :mod:`jaxfm.data.corpus_presets`): only its graphs are taken from ``data``, and the ones
         missing there are listed; None: every dataset under ``data``.
-      steps: optimizer steps; ``accum``: buckets accumulated per step; ``devices``: buckets per
-        accumulation step, a multiple of the mesh's ``data x fsdp`` (default: equal to it), so
-        buckets per step = devices x accum (paper C.1).
+      steps: optimizer steps.
+      accum: buckets accumulated per step (gradient accumulation).
+      devices: buckets per accumulation step, a multiple of the mesh's ``data x fsdp``
+        (default: equal to it), so buckets per step = devices x accum (paper C.1).
       mesh: device mesh shape, e.g. ``"data=4,fsdp=2"`` (:func:`jaxfm.train.sharding.parse_mesh`;
         default: every device on ``fsdp``).
       node_budget, graph_budget, target_budget, neighbors: static packing budgets per bucket.
@@ -79,7 +80,8 @@ class PretrainConfig:
       dataset_lr_scaling: scale the per-dataset MLP/head updates of rarely-seen datasets up
         (appendix A.2), capped at ``max_lr_scale``.
       workdir: checkpoints, logs, final model and summary go here.
-      checkpoint_every: save every N steps (and at the end); ``keep``: checkpoints kept.
+      checkpoint_every: save every N steps (and at the end).
+      keep: how many of the newest checkpoints are kept in ``workdir`` (older ones are deleted).
       log_every: print a JSON line every N steps.
       eval_every: every N steps (and at the end) measure the accuracy on held-out nodes of the
         pretraining graphs (their validation split; 0: never).
