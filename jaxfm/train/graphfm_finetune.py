@@ -202,7 +202,8 @@ def finetune_inputs(
     hidden units; the trunk is unchanged."""
     width = ds.x.shape[1] if cfg.feature_dim is None else cfg.feature_dim
     hidden = base_cfg.feature_hidden if cfg.feature_hidden is None else cfg.feature_hidden
-    base = dataclasses.replace(base_cfg, feature_dim=int(width), feature_hidden=hidden)
+    # the pretraining datasets go first: their widths are not this graph's
+    base = dataclasses.replace(base_cfg, datasets=(), feature_dim=int(width), feature_hidden=hidden)
     batcher = WholeGraphBatcher.for_model(ds, base, cfg.batch_targets, cfg.seed)
     return batcher, dataclasses.replace(base, datasets=(batcher.spec,))
 
@@ -296,7 +297,7 @@ def finetune(
     chosen = splits_for(ds, cfg.splits)
     by_index = dict(chosen)
     position = {i: k + 1 for k, (i, _) in enumerate(chosen)}
-    if progress and len(chosen) * cfg.epochs >= 200:
+    if len(chosen) * cfg.epochs >= 200:  # with or without a progress bar
         print(
             f"{cfg.mode}: {len(chosen)} splits x {cfg.epochs} epochs on {ds.name} "
             f"({ds.num_nodes:,} nodes): a long run",
@@ -339,11 +340,30 @@ def finetune(
             unfreeze=[(f"^decoder/layer_{k}/", e * spe) for k, e in enumerate(unfreeze)],
             boundaries=[e * spe for e in unfreeze],
         )
-        if progress and unfreeze:
+        desc = (
+            f"{cfg.mode} {ds.name} split {split_index} ({position[split_index]} of "
+            f"{len(chosen)}, {cfg.epochs} epochs)"
+        )
+        if unfreeze:  # the schedule up front, then each unfreeze as it happens
             print(
-                f"nft: decoder layers unfreeze at epochs {unfreeze} (lr / {cfg.lr_decay} each)",
+                f"{desc}: decoder layers 0..{len(unfreeze) - 1} unfreeze at epochs {unfreeze} "
+                f"(lr / {cfg.lr_decay} each)",
                 file=sys.stderr,
             )
+        unfreeze_at = {e * spe: (k, e) for k, e in enumerate(unfreeze)}
+
+        def announce_unfreeze(step: int, host: dict, seconds: float) -> dict:
+            """At the first step that trains decoder layer k: a line, and a field of the record."""
+            del host, seconds
+            if step not in unfreeze_at:
+                return {}
+            k, epoch = unfreeze_at[step]
+            lr = cfg.learning_rate / cfg.lr_decay ** (k + 1)
+            tqdm.write(
+                f"{desc}: epoch {epoch}: decoder layer {k} unfrozen, lr {lr:.3g}", file=sys.stderr
+            )
+            return {"unfrozen": f"decoder/layer_{k}"}
+
         state, shardings = create_state(params, optimizer)
         select = Select(metric="accuracy", mode="max")
         fitted = fit(
@@ -359,10 +379,10 @@ def finetune(
             resume=resume,
             overwrite=overwrite,
             run_info={**json.loads(json.dumps(dataclasses.asdict(cfg))), "split": split_index},
+            step_record=announce_unfreeze if unfreeze else None,
             log_stream=log_stream,
             progress=progress,
-            desc=f"{cfg.mode} {ds.name} split {split_index} ({position[split_index]} of "
-            f"{len(chosen)})",
+            desc=desc,
             tensorboard=tensorboard,
             profile_steps=profile_steps,
         )

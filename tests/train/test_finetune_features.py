@@ -61,6 +61,16 @@ def test_defaults_feed_raw_features_through_a_wider_mlp():
     np.testing.assert_array_equal(rows, ds.x[ids])  # exactly the raw rows, no projection
 
 
+def test_raw_width_below_a_pretraining_datasets_width():
+    from jaxfm.graphfm import DatasetSpec
+
+    wide = DatasetSpec(name="wide_pretraining_graph", num_features=16, num_classes=2)
+    base = GraphFMConfig(**TINY, datasets=(wide,))
+    ds = _graph(f=5)  # 5 raw columns, fewer than the pretraining graph's 16
+    batcher, model_cfg = finetune_inputs(ds, base, _cfg())
+    assert model_cfg.feature_dim == 5 and model_cfg.datasets == (batcher.spec,)
+
+
 def test_int_feature_dim_reduces_like_pretraining():
     ds, base = _graph(), GraphFMConfig(**TINY)
     batcher, model_cfg = finetune_inputs(ds, base, _cfg(feature_dim=8, feature_hidden=None))
