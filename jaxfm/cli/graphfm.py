@@ -146,12 +146,81 @@ _FINETUNE_FIELDS = [
 ]
 
 
-def _finetune(args) -> int:
+# finetune flags with another spelling than --field-name (the first one is canonical)
+_FINETUNE_FLAGS = {
+    "num_random_splits": ("--random-splits",),
+    "learning_rate": ("--lr",),
+    "checkpoint": ("--model-dir", "--checkpoint"),
+    "dataset": ("--data", "--dataset"),
+}
+# settings a finetune resume may change (run.json's "outputs"); --splits may change too: a
+# resume may add splits (finished ones are read back)
+FINETUNE_OUTPUTS = ("output_json",)
+
+
+def _finetune_flag(path: str) -> str:
+    return _FINETUNE_FLAGS.get(path, ("--" + path.replace("_", "-"),))[0]
+
+
+def _finetune_config(args):
+    """``(config, record)``: the :class:`FinetuneConfig` to run and the ``run.json`` to write.
+
+    With ``--resume`` and ``WORKDIR/run.json`` the config is the recorded run (``--workdir``
+    alone repeats it); a typed flag that differs from it is refused, naming both values, except
+    ``--splits`` and ``--output-json``, which a resume may change.
+    """
+    from pathlib import Path
+
     from jaxfm.cli.fields import config_kwargs
-    from jaxfm.train.graphfm_finetune import FinetuneConfig, finetune
+    from jaxfm.cli.resume import check_given, config_from_dict, read_run_json
+    from jaxfm.train.graphfm_finetune import FinetuneConfig
 
     splits = None if args.splits == "all" else [int(s) for s in args.splits.split(",")]
-    cfg = FinetuneConfig(**config_kwargs(args, FinetuneConfig, _FINETUNE_FIELDS), splits=splits)
+    from_flags = {**config_kwargs(args, FinetuneConfig, _FINETUNE_FIELDS), "splits": splits}
+    outputs = {"output_json": args.output_json}
+    run_json = Path(args.workdir) / "run.json" if args.workdir else None
+    if args.resume and run_json is not None and run_json.exists():
+        identity, recorded_outputs = read_run_json(args.workdir, "finetune")
+        recorded = config_from_dict(FinetuneConfig, identity)
+        given = getattr(args, "given", set())
+        typed = {
+            _finetune_flag(path): path
+            for path in _FINETUNE_FIELDS
+            if path in given and path != "workdir"
+        }
+        check_given(typed, from_flags, recorded, run_json)
+        outputs = {
+            k: outputs[k] if k in given else recorded_outputs.get(k, outputs[k])
+            for k in FINETUNE_OUTPUTS
+        }
+        splits = from_flags["splits"] if "splits" in given else recorded.splits
+        cfg = dataclasses.replace(recorded, workdir=args.workdir, splits=splits)
+    else:
+        missing = [_finetune_flag(k) for k in ("checkpoint", "dataset") if from_flags[k] is None]
+        if missing:
+            why = f"; {run_json} does not exist to read them from" if args.resume else ""
+            raise ValueError(
+                f"finetune: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                "required (`--resume --workdir DIR` alone "
+                f"repeats the run recorded in DIR/run.json{why})"
+            )
+        cfg = FinetuneConfig(**from_flags)
+    identity = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    identity.pop("workdir")
+    return cfg, {"finetune": identity, "outputs": outputs}
+
+
+def _finetune(args) -> int:
+    from pathlib import Path
+
+    from jaxfm.train.checkpoint import write_run_json
+    from jaxfm.train.graphfm_finetune import finetune
+
+    cfg, record = _finetune_config(args)
+    if cfg.workdir is not None and (
+        args.overwrite or not (Path(cfg.workdir) / "run.json").exists()
+    ):
+        write_run_json(cfg.workdir, record)  # before training: a killed run can be resumed
     result = finetune(
         cfg,
         resume=args.resume,
@@ -159,10 +228,13 @@ def _finetune(args) -> int:
         progress=not args.no_progress,
         **observability(args),
     )
-    if args.output_json:
+    if cfg.workdir is not None:
+        write_run_json(cfg.workdir, record)
+    output_json = record["outputs"]["output_json"]
+    if output_json:
         from jaxfm.model_dir import write_json_atomic
 
-        write_json_atomic(args.output_json, result)
+        write_json_atomic(output_json, result)
     print(
         json.dumps(
             {k: result[k] for k in ("dataset", "mode", "test_accuracy_mean", "test_accuracy_std")}
@@ -302,24 +374,23 @@ def add_parsers(sub) -> None:
         help="MFT / NFT finetuning of a pretrained GraphFM",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    flags = {
-        "num_random_splits": ("--random-splits",),
-        "learning_rate": ("--lr",),
-        "checkpoint": ("--model-dir", "--checkpoint"),
-        "dataset": ("--data", "--dataset"),
-    }
     metavars = {"checkpoint": "DIR", "dataset": "PATH"}
     for path in _FINETUNE_FIELDS:
         extra = {"choices": ["mft", "nft"]} if path == "mode" else {}
-        if path in metavars:
-            extra["metavar"] = metavars[path]
-        add_field(f, FinetuneConfig, path, *flags.get(path, ()), **extra)
+        if path in metavars:  # required, checked in _finetune: --resume reads them from run.json
+            extra.update(metavar=metavars[path], required=False)
+        add_field(f, FinetuneConfig, path, *_FINETUNE_FLAGS.get(path, ()), **extra)
     f.add_argument(
         "--splits",
         default="all",
         help="'all' or comma-separated split indices (public splits, else seeded 60/20/20)",
     )
-    f.add_argument("--resume", action="store_true", help="continue; finished splits are kept")
+    f.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run recorded in WORKDIR/run.json (--workdir alone repeats it; typed "
+        "flags must match it); finished splits are kept",
+    )
     f.add_argument("--overwrite", action="store_true", help="replace an earlier run in --workdir")
     f.add_argument("--output-json", help="also write the results (all splits) to this JSON file")
     f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
