@@ -97,10 +97,30 @@ def test_embed_help_lists_model(capsys):
         (["fimp", "embed", "--model", "fimp-vit", "--model-dir", "m", "--out", "o.npy",
           "--dataset", "x.npz"], "data", "x.npz"),
         (["graphfm", "summary", "--variant", "large"], "config", "large"),
+        # every subcommand that takes a dataset or a model directory takes both spellings
+        (["pretrain", "--dataset", "a", "--data", "b"], "data", ["a", "b"]),
+        (["fimp", "train", "--task", "image", "--dataset", "x.npz"], "data", "x.npz"),
+        (["fimp", "train", "--task", "image", "--checkpoint", "vit"], "checkpoint", "vit"),
+        (["fimp", "embed", "--model", "fimp-vit", "--checkpoint", "m", "--out", "o.npy"],
+         "checkpoint", "m"),
+        (["fimp", "attention-map", "--checkpoint", "m", "--out", "o"], "model", "m"),
+        (["fimp", "attention-map", "--model-dir", "m", "--dataset", "x", "--out", "o"], "data",
+         "x"),
+        (["embed", "--model-dir", "m", "--data", "d", "--out", "o.npy"], "checkpoint", "m"),
     ],
 )  # fmt: skip
 def test_one_vocabulary_old_spellings_are_aliases(argv, dest, value):
     assert getattr(_parser().parse_args(argv), dest) == value
+
+
+@pytest.mark.parametrize("command", LEAVES, ids=" ".join)
+def test_one_vocabulary_on_every_subcommand(command):
+    """--data and --dataset, --model-dir and --checkpoint: one flag, both spellings, everywhere."""
+    parser = dict(_leaf_commands(_parser()))[command]
+    flags = {s: a for a in parser._actions for s in a.option_strings}
+    for new, old in (("--data", "--dataset"), ("--model-dir", "--checkpoint")):
+        if new in flags or old in flags:
+            assert flags.get(new) is flags.get(old), f"jaxfm {' '.join(command)}: {new} / {old}"
 
 
 def test_given_dests_are_the_typed_flags():

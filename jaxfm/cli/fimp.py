@@ -228,6 +228,7 @@ def add_parser(sub) -> None:
     }
     flags = {
         "variant": ("--variant", "--config"),
+        "data": ("--data", "--dataset"),
         "checkpoint": ("--model-dir", "--checkpoint"),
         "baseline_hidden": ("--hidden", "--baseline-hidden"),
         "baseline_depth": ("--depth", "--baseline-depth"),
@@ -305,12 +306,18 @@ def add_parser(sub) -> None:
     a.add_argument(
         "--model-dir",
         "--model",
+        "--checkpoint",
         dest="model",
         metavar="DIR",
         required=True,
         help="model directory from `fimp train --save`",
     )
-    a.add_argument("--data", help="dataset (default: the one the model was trained on)")
+    a.add_argument(
+        "--data",
+        "--dataset",
+        dest="data",
+        help="dataset (default: the one the model was trained on)",
+    )
     a.add_argument("--out", required=True, help="output directory")
     a.add_argument(
         "--group-by",

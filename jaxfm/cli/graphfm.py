@@ -321,6 +321,8 @@ def add_parsers(sub) -> None:
     add_field(p, PretrainConfig, "model", "--config", "--variant", "--model")
     p.add_argument(
         "--data",
+        "--dataset",
+        dest="data",
         action="append",
         help="dataset file or folder (scanned recursively); repeatable. Default: synthetic only",
     )
