@@ -70,9 +70,9 @@ _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "net
 
 _ZIP_MAGIC = b"PK\x03\x04"
 
-#: Default bound on the inflated size of compressed archive members, relative to the file size.
-DEFAULT_MAX_INFLATION = 10.0
-_MIN_INFLATED = 16 * 2**20
+#: Default bound on the inflated size of compressed archive members, relative to the file size
+#: (one rule for checkpoints and ``.npz`` datasets: :mod:`jaxfm.data.restricted_pickle`).
+DEFAULT_MAX_INFLATION = rp.DEFAULT_MAX_INFLATION
 
 # --------------------------------------------------------------------------------------------
 # dtypes
@@ -539,16 +539,13 @@ def max_inflated_bytes(file_size: int, max_inflation: float | None = None) -> in
     ``max_inflation`` (default: the ``JAXFM_MAX_INFLATION`` environment variable, else
     :data:`DEFAULT_MAX_INFLATION`) times the file size, and at least 16 MiB. ``torch.save`` stores
     members uncompressed, so only re-zipped checkpoints are concerned; a deflate bomb is not.
+    The same rule bounds ``.npz`` datasets
+    (:func:`jaxfm.data.restricted_pickle.max_inflated_bytes`).
     """
-    if max_inflation is None:
-        env = os.environ.get("JAXFM_MAX_INFLATION", "")
-        try:
-            max_inflation = float(env) if env.strip() else DEFAULT_MAX_INFLATION
-        except ValueError:
-            raise CheckpointFormatError(
-                f"JAXFM_MAX_INFLATION={env!r} is not a number (a ratio such as 10)"
-            ) from None
-    return max(_MIN_INFLATED, int(max_inflation * file_size))
+    try:
+        return rp.max_inflated_bytes(file_size, max_inflation)
+    except rp.InflationLimitError as e:
+        raise CheckpointFormatError(str(e)) from None
 
 
 class _TorchZip:
@@ -602,8 +599,10 @@ class _TorchZip:
                 f"checkpoint {self.path} is truncated: member {name!r} claims {info.file_size} "
                 f"bytes, the file has {self._size}"
             )
-        try:
-            return self.zf.read(name)
+        try:  # never past the declared size: zipfile would inflate a lying member whole
+            return rp.read_member(self.zf, info, f"checkpoint {self.path}: member {name!r}")
+        except rp.InflationLimitError as e:
+            raise CheckpointFormatError(str(e)) from e
         except (
             zipfile.BadZipFile,
             OSError,

@@ -20,13 +20,21 @@ the pure-Python unpickler with these rules:
 4. extension-registry opcodes (EXT1/2/4) are refused.
 
 Every refusal raises :class:`PickleRefused` (the callers re-raise it naming their file).
+
+The zip archives around such pickles (PyTorch checkpoints, ``.npz`` datasets) are bounded too:
+:class:`ZipInflation` refuses members whose declared sizes would inflate beyond
+:func:`max_inflated_bytes` (a deflate bomb; ``JAXFM_MAX_INFLATION`` times the file size), and
+:func:`read_member` / :func:`open_member` never inflate more than a member declares.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import math
+import os
 import pickle
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -34,18 +42,33 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "DEFAULT_MAX_INFLATION",
+    "MIN_INFLATED_BYTES",
     "Budget",
+    "InflationLimitError",
     "PickleRefused",
     "RestrictedUnpickler",
+    "ZipInflation",
     "arg_nbytes",
     "array_nbytes",
     "check_nbytes",
     "dtype_guard",
     "guard_call",
+    "max_inflated_bytes",
+    "open_member",
+    "read_member",
 ]
 
 #: Default cap (bytes) on what the constructors of one pickle may allocate in all.
 DEFAULT_BUDGET = 64 * 2**20
+
+#: Default bound on what the compressed members of a zip archive (a checkpoint, an ``.npz``
+#: dataset) may inflate to in all, relative to the archive's size (``JAXFM_MAX_INFLATION``).
+DEFAULT_MAX_INFLATION = 10.0
+
+#: However small the archive, its compressed members may inflate to this many bytes (the
+#: default floor; readers of often highly compressible files pass a larger one).
+MIN_INFLATED_BYTES = 16 * 2**20
 
 _CONTAINER_TYPES = (dict, list, set, collections.OrderedDict, collections.defaultdict)
 
@@ -412,3 +435,134 @@ def _describe(obj: Any) -> str:
     if callable(obj):
         return f"the global {getattr(obj, '__qualname__', repr(obj))}"
     return f"a shared {type(obj).__module__}.{type(obj).__qualname__} object"
+
+
+# --------------------------------------------------------------------------------------------
+# zip archives: deflate bombs
+# --------------------------------------------------------------------------------------------
+
+
+class InflationLimitError(ValueError):
+    """A zip member would inflate beyond the limit (a deflate bomb?) or beyond what it declares,
+    or ``JAXFM_MAX_INFLATION`` is not a positive number. The message says which."""
+
+
+def max_inflated_bytes(
+    file_size: int, max_inflation: float | None = None, *, min_bytes: int = MIN_INFLATED_BYTES
+) -> int:
+    """How many bytes the compressed members of a ``file_size``-byte archive may inflate to.
+
+    ``max_inflation`` (default: the ``JAXFM_MAX_INFLATION`` environment variable, else
+    :data:`DEFAULT_MAX_INFLATION`) times the file size, and at least ``min_bytes``. Deflate
+    compresses weights and dense features a few times at most and a run of zeros about 1000
+    times; 0/1 features stored dense compress 100-250 times, which the dataset readers' larger
+    floor allows for.
+
+    Raises:
+      InflationLimitError: ``JAXFM_MAX_INFLATION`` / ``max_inflation`` is not a positive number.
+    """
+    if max_inflation is None:
+        env = os.environ.get("JAXFM_MAX_INFLATION", "")
+        try:
+            max_inflation = float(env) if env.strip() else DEFAULT_MAX_INFLATION
+        except ValueError:
+            raise InflationLimitError(
+                f"JAXFM_MAX_INFLATION={env!r} is not a number (a ratio such as 10)"
+            ) from None
+        what = f"JAXFM_MAX_INFLATION={env!r}"
+    else:
+        what = f"max_inflation={max_inflation!r}"
+    if not (isinstance(max_inflation, int | float) and 0 < max_inflation < math.inf):
+        raise InflationLimitError(f"{what} is not a positive number (a ratio such as 10)")
+    return max(int(min_bytes), int(max_inflation * file_size))
+
+
+class ZipInflation:
+    """What the members of one zip archive may still inflate to, checked before any is read.
+
+    :meth:`claim` checks a member's declared size (``ZipInfo.file_size``, from the central
+    directory): the compressed members of the archive share :func:`max_inflated_bytes` of its
+    size, and a stored member cannot be larger than the file. Read claimed members with
+    :func:`read_member` / :func:`open_member`, which stop at the declared size in case it lies.
+
+    Args:
+      where: the archive as messages name it (they start with it).
+      file_size: the archive's size in bytes.
+      max_inflation, min_bytes: see :func:`max_inflated_bytes`.
+    """
+
+    def __init__(
+        self,
+        where: str,
+        file_size: int,
+        max_inflation: float | None = None,
+        *,
+        min_bytes: int = MIN_INFLATED_BYTES,
+    ):
+        self.where = where
+        self.file_size = int(file_size)
+        self.limit = max_inflated_bytes(self.file_size, max_inflation, min_bytes=min_bytes)
+        self.left = self.limit
+
+    def claim(self, info: zipfile.ZipInfo) -> None:
+        """Spends ``info``'s declared size; raises :class:`InflationLimitError` beyond the limit."""
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.file_size > self.file_size:
+                raise InflationLimitError(
+                    f"{self.where}: member {info.filename!r} claims {info.file_size} bytes, the "
+                    f"file has {self.file_size} (truncated or corrupt)"
+                )
+            return
+        if info.file_size > self.left:
+            raise InflationLimitError(
+                f"{self.where}: member {info.filename!r} inflates to {info.file_size} bytes, "
+                f"beyond the limit of {self.limit} bytes for a {self.file_size}-byte file (a zip "
+                "bomb?); raise JAXFM_MAX_INFLATION (ratio to the file size) if the file is trusted"
+            )
+        self.left -= info.file_size
+
+
+class _BoundedReader(io.RawIOBase):
+    """Reads from ``fp`` and raises once more than ``limit`` bytes come out of it."""
+
+    def __init__(self, fp, limit: int, what: str):
+        super().__init__()
+        self._fp, self._left, self._limit, self._what = fp, int(limit), int(limit), what
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        want = self._left + 1 if n is None or n < 0 else min(n, self._left + 1)
+        data = self._fp.read(want)
+        self._left -= len(data)
+        if self._left < 0:
+            raise InflationLimitError(
+                f"{self._what} inflates beyond the {self._limit} bytes it declares (a corrupt or "
+                "hostile archive)"
+            )
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._fp.close()
+        super().close()
+
+
+def open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> io.RawIOBase:
+    """A stream of a (claimed) member that raises :class:`InflationLimitError` if the member
+    inflates beyond its declared size; ``what`` names the member in that message."""
+    return _BoundedReader(zf.open(info), info.file_size, what)
+
+
+def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> bytes:
+    """The bytes of a (claimed) member, never inflating more than its declared size."""
+    chunks = []
+    with open_member(zf, info, what) as fp:
+        while chunk := fp.read(2**20):
+            chunks.append(chunk)
+    return b"".join(chunks)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Literal
 
@@ -218,12 +218,29 @@ def graph_fingerprint(senders: np.ndarray, receivers: np.ndarray, num_nodes: int
     return h.hexdigest()
 
 
+def _create_temp(directory: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """Creates a new file in ``directory`` with the mode the umask gives (as ``open`` would).
+
+    ``tempfile.mkstemp`` makes its files 0600 whatever the umask, so a cache shared by a group
+    (on NFS, say) would be unreadable to the others; here the kernel applies the umask to 0666.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        path = directory / f"{prefix}{os.getpid()}.{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused temporary file name in {directory}")
+
+
 class LaplacianPECache:
     """Memoises :func:`laplacian_pe` by graph fingerprint, in memory and optionally on disk.
 
     The key is ``(fingerprint, k, seed, method, dense_threshold)``. With ``cache_dir`` each PE is
-    also written as ``<key>.npy`` (atomically: temp file + rename); a file that does not load as
-    a ``float32 [N, k]`` array is ignored and recomputed.
+    also written as ``<key>.npy`` (atomically: temp file + rename; the file's mode honours the
+    umask, like any file the user writes); a file that does not load as a ``float32 [N, k]``
+    array is ignored and recomputed.
 
     Attributes:
       hits, misses: counters (a disk hit counts as a hit).
@@ -292,7 +309,7 @@ class LaplacianPECache:
         if self.cache_dir is None:
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".npy.tmp")
+        fd, tmp = _create_temp(self.cache_dir, f".{key}.", ".npy.tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, pe, allow_pickle=False)

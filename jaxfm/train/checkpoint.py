@@ -14,7 +14,8 @@ run can save that step again.
 :class:`RunDirectory` adds what a run needs around its checkpoints: a lock (a second process on
 the same workdir fails at once, naming the holder), a refusal to start a fresh run over an
 earlier run's checkpoints (unless ``resume`` or ``overwrite``), a resume check that names the
-config fields that differ, and async-save errors raised at the next step.
+config fields that differ, and async-save errors raised at the next step (as
+:class:`CheckpointSaveError`, naming the step and the directory).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -35,9 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxfm.model_dir import OutputWriteError, write_json_atomic
 from jaxfm.params import path_of
 
 __all__ = [
+    "CheckpointSaveError",
     "Checkpointer",
     "CorruptCheckpointWarning",
     "RunDirectory",
@@ -55,6 +59,17 @@ class CorruptCheckpointWarning(UserWarning):
 
 class WorkdirError(ValueError):
     """The workdir is locked by another process, or holds another run."""
+
+
+class CheckpointSaveError(OutputWriteError):
+    """Saving a checkpoint failed (a full disk, say); the message names the step, the directory
+    and the cause.
+
+    An ``OSError`` (with the cause's ``errno``) that is also a ``ValueError``, so the command line
+    reports it with exit status 2 rather than a traceback. The failed step is not a checkpoint
+    (orbax renames a step's directory into place only once it is complete): ``--resume``
+    continues from the newest complete one.
+    """
 
 
 _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}
@@ -108,6 +123,7 @@ class Checkpointer:
             raise ValueError(f"Checkpointer: keep must be >= 1, got {keep}")
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._saving: int | None = None  # the step of the newest save started (maybe in flight)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -121,30 +137,59 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict, *, force: bool = True) -> bool:
-        """Starts saving ``state`` and ``meta`` (plus the state's digests) as ``step``."""
+        """Starts saving ``state`` and ``meta`` (plus the state's digests) as ``step``.
+
+        Raises:
+          CheckpointSaveError: the previous asynchronous save failed (named by its own step).
+        """
+        step = int(step)
+        if force or self._manager.should_save(step):
+            # the manager waits for the previous save before it starts this one anyway; waiting
+            # here first reports that save's failure under its own step
+            self._raise_failed_save(wait=True)
         meta = {**meta, "digests": tree_digest(state)}
-        return self._manager.save(
-            int(step),
+        saved = self._manager.save(
+            step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
             ),
             force=force,
         )
+        if saved:
+            self._saving = step
+        return saved
 
     def check(self) -> None:
-        """Raises the error of a failed asynchronous save (a full disk), naming the directory."""
-        try:
-            self._manager.check_for_errors()
-        except Exception as e:
-            raise OSError(
-                f"saving a checkpoint in {self.directory} failed ({type(e).__name__}: "
-                f"{str(e)[:300]}); free space or fix the directory, then rerun with --resume"
-            ) from e
+        """Raises the error of a failed asynchronous save (a full disk) as a
+        :class:`CheckpointSaveError` naming the step and the directory; does not block."""
+        self._raise_failed_save(wait=False)
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
-        self.check()
+        """Blocks until pending asynchronous saves are on disk.
+
+        Raises:
+          CheckpointSaveError: a save failed.
+        """
+        self._raise_failed_save(wait=True)
+
+    def _raise_failed_save(self, *, wait: bool) -> None:
+        try:
+            # A background save's error reaches the manager's finalize thread, and from there
+            # only its wait_until_finished (orbax 0.12: check_for_errors comes back empty). Once
+            # the save is over (or when asked to wait) that call returns at once or re-raises it.
+            if wait or not self._manager.is_saving_in_progress():
+                self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as e:
+            step = "?" if self._saving is None else self._saving
+            failed = CheckpointSaveError(
+                f"saving the checkpoint of step {step} in {self.directory} failed "
+                f"({type(e).__name__}: {str(e)[:300]}); free space or fix the directory, then "
+                "rerun with --resume to continue from the newest complete checkpoint"
+            )
+            failed.errno = getattr(e, "errno", None)
+            failed.reason = str(e)[:300]
+            raise failed from e
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores and verifies ``step`` into the structure/shardings of ``abstract_state``.
@@ -224,8 +269,24 @@ class Checkpointer:
         return None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        """Waits for pending saves, then closes.
+
+        Raises:
+          CheckpointSaveError: the last save failed. When another exception is already on its
+            way up (this is called from a ``finally``), the failure is logged instead, so that
+            it does not hide that exception.
+        """
+        propagating = sys.exc_info()[1]
+        failed = None
+        try:
+            self.wait()
+        except CheckpointSaveError as e:
+            failed = e
         self._manager.close()
+        if failed is not None:
+            if propagating is None:
+                raise failed
+            log.error("%s", failed)
 
 
 def abstract_like(tree: Any) -> Any:
@@ -336,16 +397,17 @@ class RunDirectory:
         self.checkpointer.check()
 
     def close(self) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.close()
-            self.checkpointer = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        """Closes the checkpointer (raising a failed last save) and releases the lock."""
+        checkpointer, self.checkpointer = self.checkpointer, None
+        try:
+            if checkpointer is not None:
+                checkpointer.close()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
 
 def write_run_json(workdir: str | os.PathLike, info: dict) -> None:
     """Writes ``WORKDIR/run.json`` (what ran, for a resume that repeats it)."""
-    from jaxfm.model_dir import write_json_atomic
-
     write_json_atomic(Path(workdir) / "run.json", json.loads(json.dumps(info, default=str)))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,7 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfm.train.checkpoint import Checkpointer, CorruptCheckpointWarning, WorkdirError
+from jaxfm.train.checkpoint import (
+    Checkpointer,
+    CheckpointSaveError,
+    CorruptCheckpointWarning,
+    WorkdirError,
+)
 from jaxfm.train.optim import OptimizerConfig, make_optimizer
 from jaxfm.train.step import create_state, make_train_step
 from jaxfm.train.trainer import EpochBatches, fit, read_metrics
@@ -160,14 +167,37 @@ def test_a_second_process_on_the_same_workdir_fails_at_once_naming_the_holder(tm
                             text=True)  # fmt: skip
     try:
         assert proc.stdout.readline().strip() == "locked"
+        host = re.escape(socket.gethostname())
+        named = rf"in use by another run \(pid {proc.pid} on host {host}\)"
         t0 = time.perf_counter()
-        with pytest.raises(WorkdirError, match=rf"in use by another run \(pid {proc.pid} on host"):
+        with pytest.raises(WorkdirError, match=named):
             _run(wd)
         assert time.perf_counter() - t0 < 10
     finally:
         proc.kill()
         proc.wait()
     _run(wd, steps=2)  # the lock dies with its holder (even on SIGKILL)
+
+
+def _fail_saves(monkeypatch, steps):
+    """The background commit of each step in ``steps`` fails as on a full disk: orbax's rename
+    of the finished temporary directory raises ENOSPC in its save thread."""
+    atomicity = pytest.importorskip("orbax.checkpoint._src.path.atomicity")
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def failing(self, *args, **kw):
+        step = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(self.get()))
+        if step and int(step[1]) in steps:
+            raise OSError(28, "No space left on device")
+        return await finalize(self, *args, **kw)
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", failing)
+
+
+def _is_a_usage_error(err: BaseException) -> None:
+    # an OSError that is also a ValueError: the CLI reports it and exits 2, no traceback
+    assert isinstance(err, CheckpointSaveError), repr(err)
+    assert isinstance(err, OSError) and isinstance(err, ValueError) and err.errno == 28
 
 
 def test_a_failed_async_save_stops_the_run_at_the_next_step(tmp_path, monkeypatch):
@@ -181,9 +211,55 @@ def test_a_failed_async_save_stops_the_run_at_the_next_step(tmp_path, monkeypatc
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", failing)
-    with pytest.raises(OSError, match=r"saving a checkpoint in .* failed.*No space left"):
-        _run(tmp_path / "w")
-    assert len(_losses(tmp_path / "w")) <= 3  # stopped right after the failure, not at the end
+    wd = tmp_path / "w"
+    with pytest.raises(ValueError, match=r"saving the checkpoint of step \d+ in .* failed") as info:
+        _run(wd)
+    _is_a_usage_error(info.value)
+    assert str(wd / "checkpoints") in str(info.value)  # names the workdir
+    assert "No space left" in str(info.value)  # and the cause
+    assert len(_losses(wd)) <= 3  # stopped right after the failure, not at the end
+
+
+def test_a_failed_background_save_stops_the_run_and_resume_finishes(
+    tmp_path, monkeypatch, reference
+):
+    wd = tmp_path / "w"
+    _fail_saves(monkeypatch, {1})
+    with pytest.raises(ValueError, match=r"checkpoint of step 1 in .* failed.*No space") as info:
+        _run(wd)
+    _is_a_usage_error(info.value)
+    assert str(wd / "checkpoints") in str(info.value)
+    assert len(_losses(wd)) <= 3
+    monkeypatch.undo()  # the failed step is no checkpoint: the resumed run saves it again
+    _run(wd, resume=True)
+    assert _losses(wd) == reference
+
+
+def test_a_failed_async_save_makes_jaxfm_pretrain_exit_2(tmp_path, monkeypatch, capsys):
+    import jaxfm.train.graphfm_pretrain as graphfm_pretrain
+    from jaxfm.cli import main
+
+    wd = tmp_path / "w"
+    _fail_saves(monkeypatch, {1})
+    # the CLI's pretrain command on the real loop and run directory, with the toy model
+    monkeypatch.setattr(graphfm_pretrain, "pretrain", lambda cfg, **kw: _run(wd))
+    assert main(["pretrain", "--workdir", str(wd), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"jaxfm: error: saving the checkpoint of step 1 in {wd / 'checkpoints'}" in err
+    assert "Traceback" not in err
+
+
+def test_a_failed_last_save_is_not_ignored(tmp_path, monkeypatch):
+    """The last step's save is still in flight when the loop ends: closing the run reports it."""
+    wd = tmp_path / "w"
+    _fail_saves(monkeypatch, {2})
+    with pytest.raises(ValueError, match=r"checkpoint of step 2 in .* failed.*No space") as info:
+        _run(wd, steps=2)
+    _is_a_usage_error(info.value)
+    assert len(_losses(wd)) == 2
+    monkeypatch.undo()
+    _run(wd, resume=True, steps=2)  # the lock was released; step 1 is the newest checkpoint
+    assert len(_losses(wd)) == 2
 
 
 def test_sigint_saves_like_sigterm_and_resume_finishes(tmp_path, reference):

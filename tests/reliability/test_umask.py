@@ -48,3 +48,17 @@ def test_converted_model_directory(tmp_path, fixtures_dir, umask, capsys):
     assert main(["vit", str(fixtures_dir / "vit_hf_small"), str(out)]) == 0
     assert _mode(out) == 0o777 & ~umask
     assert _mode(out / "params.safetensors") == 0o666 & ~umask
+
+
+def test_laplacian_pe_cache_file(tmp_path, umask):
+    from jaxfm.graph.laplacian import LaplacianPECache
+
+    cache = LaplacianPECache(tmp_path / "pe")
+    senders, receivers = np.array([0, 1, 2, 3]), np.array([1, 2, 3, 0])
+    pe = cache.get(senders, receivers, 4, 2)
+    (file,) = (tmp_path / "pe").iterdir()  # the cache file only, no temporary left behind
+    assert file.suffix == ".npy"
+    assert _mode(file) == 0o666 & ~umask
+    fresh = LaplacianPECache(tmp_path / "pe")  # a disk hit reads it back
+    np.testing.assert_array_equal(fresh.get(senders, receivers, 4, 2), pe)
+    assert fresh.hits == 1

@@ -8,7 +8,10 @@ run takes a few seconds; ``-m slow`` runs a few thousand mutations per reader.
 
 import collections
 import pickle
+import sys
 import tracemalloc
+import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from crafted import build, call, glob, lit, slotstate
 
 from converters import checkpoint as ckpt
 from converters.errors import CheckpointFormatError
+from jaxfm.data import graph_formats_io as gio
+from jaxfm.data import restricted_pickle as rp
 from jaxfm.data.graph_formats_io import load_restricted_pickle
 from jaxfm.data.graph_validate import DatasetFormatError
 from jaxfm.data.restricted_pickle import DEFAULT_BUDGET
@@ -86,22 +91,78 @@ def _mutate(data: bytes, rng: np.random.Generator, payloads: list[bytes]) -> byt
     return bytes(out)
 
 
+def _allow_listed() -> tuple[dict[tuple[str, ...], object], list[object]]:
+    """Every global of the checkpoint and the dataset unpicklers (``{(module, name): object}``)
+    and every other object they hand to a pickle: their BUILD types, container types and
+    defaultdict factories - read from the readers' own tables, not listed here."""
+    table = {("checkpoint", *k): v for k, v in ckpt.ALLOWED_GLOBALS.items()}
+    table.update({("dataset", *k): v for k, v in gio._Policy(DEFAULT_BUDGET).globals.items()})
+    others = [
+        *ckpt._BUILD_TYPES,
+        *gio._Policy(DEFAULT_BUDGET).build_types,
+        *gio._BUILTINS,
+        *(f for f in gio._DEFAULTDICT_FACTORIES if f is not None),
+        *rp._CONTAINER_TYPES,
+        *(np.dtype(n) for n in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "b1", "c8", "c16")),
+    ]
+    return table, others
+
+
+def _identity(value) -> object:
+    """``id(value)``, and for a mutable container the ids of what it holds."""
+    if isinstance(value, list | tuple):
+        return id(value), tuple(map(id, value))
+    if isinstance(value, dict):
+        return id(value), tuple((id(k), id(v)) for k, v in value.items())
+    if isinstance(value, set):
+        return id(value), frozenset(map(id, value))
+    return id(value)
+
+
+def _attributes(obj) -> dict[str, object]:
+    """What a pickle could set on ``obj``: its ``__dict__``, slots and function attributes."""
+    attrs = dict(getattr(obj, "__dict__", None) or {})
+    for cls in type(obj).__mro__:
+        slots = vars(cls).get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if hasattr(obj, slot):
+                attrs[slot] = getattr(obj, slot)
+    for name in ("__defaults__", "__kwdefaults__", "__code__", "__self__", "__wrapped__"):
+        if hasattr(obj, name):
+            attrs[name] = getattr(obj, name)
+    return attrs
+
+
+def _fingerprint(obj) -> object:
+    """``{attribute: identity}`` of ``obj`` (of each class of its MRO, for a class): replacing
+    any attribute, not only adding one, changes it."""
+    if isinstance(obj, type):
+        return {
+            f"{c.__module__}.{c.__qualname__}": {k: _identity(v) for k, v in vars(c).items()}
+            for c in obj.__mro__
+        }
+    state = {"type": id(type(obj)), **{k: _identity(v) for k, v in _attributes(obj).items()}}
+    if isinstance(obj, np.dtype):
+        state["dtype"] = (obj.str, obj.itemsize, obj.byteorder, obj.alignment, obj.flags,
+                          obj.names, repr(obj.fields), repr(obj.metadata))  # fmt: skip
+    return state
+
+
 def _global_state() -> dict:
-    """A fingerprint of everything a pickle could reach and mutate."""
+    """A fingerprint of everything a pickle could reach and mutate: every allow-listed global
+    (its identity in the reader's table and in its module, and all its attributes' identities)
+    and every other object the readers hand to a pickle."""
+    table, others = _allow_listed()
     state = {}
-    for key, obj in ckpt.ALLOWED_GLOBALS.items():
-        if isinstance(obj, np.dtype):
-            state[key] = (obj.str, obj.itemsize, obj.byteorder)
-        elif isinstance(obj, type):
-            state[key] = tuple(sorted(vars(obj)))
-        elif hasattr(obj, "__defaults__"):
-            state[key] = (obj.__defaults__, obj.__kwdefaults__, tuple(sorted(vars(obj))))
-        else:
-            state[key] = (repr(obj), str(getattr(obj, "dtype", "")))
-    for cls in (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, np.ndarray, collections.OrderedDict):
-        state[cls.__name__] = tuple(sorted(vars(cls)))
-    for name in ("f4", "f8", "i8", "u1"):
-        state[name] = np.dtype(name).str
+    for key, obj in table.items():
+        _, module, name = key
+        state[key] = (id(obj), _fingerprint(obj))
+        if module in sys.modules:  # the module's binding (never import one here)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # numpy.core.* is a deprecated alias
+                state[("binding", *key)] = id(getattr(sys.modules[module], name, None))
+    for obj in others:
+        state[("other", repr(obj), id(obj))] = _fingerprint(obj)
     return state
 
 
@@ -152,6 +213,56 @@ def _dataset_seeds():
         "y": np.array([0, 1, -1]),
     }
     return [pickle.dumps(obj, protocol=p) for p in (0, 2, 4)]
+
+
+def _multiarray():
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    return multiarray
+
+
+def _replace(obj, name: str, value) -> Callable[[], None]:
+    """Sets ``obj.name`` as a BUILD would (frozen stand-ins included); returns the undo."""
+    missing = object()
+    old = vars(obj).get(name, missing) if isinstance(obj, type) else getattr(obj, name)
+    setter = type.__setattr__ if isinstance(obj, type) else object.__setattr__
+    setter(obj, name, value)
+    if old is missing:
+        return lambda: type.__delattr__(obj, name)
+    return lambda: setter(obj, name, old)
+
+
+def _owner(cls: type, name: str) -> type:
+    return next(c for c in cls.__mro__ if name in vars(c))
+
+
+@pytest.mark.parametrize(
+    "replace",
+    [
+        # the issue's example: a method csr_matrix inherits, replaced where it is defined
+        lambda: _replace(_owner(sp.csr_matrix, "tocoo"), "tocoo", list),
+        # an existing attribute of an allow-listed class, replaced in place
+        lambda: _replace(sp.csr_matrix, "__doc__", "replaced"),
+        # the global in its module (numpy's scalar), while the readers' tables keep the old one
+        lambda: _replace(_multiarray(), "scalar", _multiarray()._reconstruct),
+        # a slot of a converter stand-in (torch.FloatStorage's dtype)
+        lambda: _replace(ckpt.ALLOWED_GLOBALS["torch", "FloatStorage"], "dtype", np.dtype("f8")),
+        # a guard function's code
+        lambda: _replace(ckpt.ALLOWED_GLOBALS["torch", "Size"], "__code__", (lambda: 0).__code__),
+    ],
+    ids=["inherited-method", "class-attribute", "module-binding", "slot", "code"],
+)
+def test_the_fingerprint_notices_a_replaced_attribute(replace):
+    """No allow-listed object may change: replacing an attribute (not only adding one) shows."""
+    before = _global_state()
+    undo = replace()
+    try:
+        assert _global_state() != before
+    finally:
+        undo()
+    assert _global_state() == before
 
 
 def test_fuzz_checkpoint_unpickler(fixtures_dir, tmp_path, monkeypatch):
