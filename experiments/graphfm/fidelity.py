@@ -261,7 +261,7 @@ def _mft(ds, splits, seeds, row: Row, checkpoint: Path, probe: bool = False):
                 for s in range(0, len(order), bs):
                     batch, _ = batcher.batch(order[s : s + bs], [seed, epoch, s])
                     key, sk = jax.random.split(key)
-                    params, opt_state, loss = step(params, opt_state, batch, sk)
+                    params, opt_state, _ = step(params, opt_state, batch, sk)
                     total += 1
                     if row.eval_every and total % row.eval_every == 0:
                         best = _select(best, params, acc, vb, tb, epoch, total, curve)
@@ -719,7 +719,7 @@ def cmd_token_scale(args):
         ds = _load(rel)
         b = WholeGraphBatcher.for_model(ds, base, 512, 0)
         nodes = np.random.default_rng(0).choice(ds.num_nodes, min(512, ds.num_nodes), replace=False)
-        batch, ids = b.batch(nodes, 0, dataset=match[0], num_datasets=len(names))
+        batch, _ = b.batch(nodes, 0, dataset=match[0], num_datasets=len(names))
         tok, last = (np.asarray(a)[np.asarray(batch.target_mask)] for a in internals(params, batch))
         out[name] = {
             "self_token_norm": float(np.linalg.norm(tok, axis=1).mean()),
@@ -757,12 +757,14 @@ def cmd_table(args):
         probe = ["-", "-", "-"]
         if pa:
             probe = [
-                f"{pb['trunk_addition_over_self_norm']:.1f} -> {pa['trunk_addition_over_self_norm']:.2f}",
+                f"{pb['trunk_addition_over_self_norm']:.1f} -> "
+                f"{pa['trunk_addition_over_self_norm']:.2f}",
                 f"{100 * pa['ridge_acc_token_feature_part']:.1f}",
                 f"{100 * pa['ridge_acc_decoder_output']:.1f}",
             ]
         lines.append(
-            f"| {k} | {v['description']} | {100 * v['test_mean']:.1f} ± {100 * v['test_std']:.1f} | "
+            f"| {k} | {v['description']} | "
+            f"{100 * v['test_mean']:.1f} ± {100 * v['test_std']:.1f} | "
             f"{diff} | {100 * v['test_mean_splits012']:.1f} | " + " | ".join(probe) + " |"
         )
     g = OUT / "gcn_versions.json"
@@ -776,7 +778,7 @@ def cmd_table(args):
             "| file | nodes | features | masks = Geom-GCN split files | GCN | MLP |",
             "|---|---|---|---|---|---|",
         ]
-        for k, v in gv.items():
+        for v in gv.values():
             eq = v["masks_equal_geom_gcn_split_files"]
             eqs = "all 10" if all(e is True for e in eq) else ("none" if not any(eq) else str(eq))
             cell = lambda r: f"{100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f}" if r else "-"
