@@ -237,7 +237,8 @@ def train_node_baseline(
             "best_epoch": int(select.best_epoch),
         }
 
-    results = run_splits(cfg.workdir, bar, train_split, resume=resume)
+    identity = {k: v for k, v in _run_info(cfg, ds, -1).items() if k != "split"}
+    results = run_splits(cfg.workdir, bar, train_split, resume=resume, identity=identity)
     return _summary(cfg, ds, results)
 
 

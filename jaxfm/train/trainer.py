@@ -43,7 +43,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxfm.train.checkpoint import RunDirectory
+from jaxfm.train.checkpoint import RunDirectory, _differences
 from jaxfm.train.step import stack_batches
 
 __all__ = [
@@ -209,24 +209,40 @@ def run_splits(
     train_split: Callable[[int, Path | None], dict],
     *,
     resume: bool = False,
+    identity: dict | None = None,
 ) -> list[dict]:
     """Runs ``train_split(i, split_workdir)`` for every split, one sub-workdir each.
 
     ``WORKDIR/split_<i>/result.json`` marks a finished split: with ``resume`` it is read back
     instead of trained again, and an unfinished split resumes from its own checkpoints.
+    ``identity`` (the run's settings, JSON) is stored with each result; a resume whose settings
+    differ from a finished split's is refused with what differs, never given the old result.
+
+    Raises:
+      ValueError: a finished split was made with other settings.
     """
     from jaxfm.model_dir import write_json_atomic
 
+    identity = None if identity is None else json.loads(json.dumps(identity, default=str))
     results = []
     for i in splits:
         sub = None if workdir is None else Path(workdir) / f"split_{i}"
         done = None if sub is None else sub / "result.json"
         if resume and done is not None and done.exists():
-            results.append(json.loads(done.read_text()))
+            saved = json.loads(done.read_text())
+            recorded = saved.pop("run", None) if identity is not None else None
+            if recorded is not None and recorded != identity:
+                diffs = _differences(recorded, identity)
+                raise ValueError(
+                    f"{done}: split {i} finished with other settings ({'; '.join(diffs[:8])}); "
+                    "repeat the original flags to continue that run, or give another workdir"
+                )
+            results.append(saved)
             continue
         result = train_split(i, sub)
         if done is not None and not result.get("preempted"):
-            write_json_atomic(done, result)
+            stored = result if identity is None else {**result, "run": identity}
+            write_json_atomic(done, stored)
         results.append(result)
         if result.get("preempted"):
             break
