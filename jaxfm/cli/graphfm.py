@@ -4,6 +4,7 @@ jaxfm pretrain [--config NAME] [--data PATH ...] [--steps N] [--workdir DIR] [--
                [--mesh data=4,fsdp=2] [--accum N] [--checkpoint-every N]
                [--coordinator HOST:PORT --num-processes N --process-id I]
 jaxfm finetune --mode {mft,nft} --model-dir DIR --data PATH [--splits all] [--output-json F]
+jaxfm finetune --resume --workdir DIR       (repeats the run recorded in DIR/run.json)
 jaxfm embed --model-dir DIR --data PATH --out FILE.npy
 jaxfm graphfm summary --config NAME [--mesh fsdp=8] [--explain-attention [--dtype bfloat16]]
 """
