@@ -395,7 +395,12 @@ def finetune(
         }
 
     workdir = None if cfg.workdir is None else Path(cfg.workdir)
-    per_split = run_splits(workdir, [i for i, _ in chosen], train_split, resume=resume)
+    identity = {  # what a finished split must share with a resume (more splits may be added)
+        k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("splits", "workdir")
+    }
+    per_split = run_splits(
+        workdir, [i for i, _ in chosen], train_split, resume=resume, identity=identity
+    )
     preempted = any(r.get("preempted") for r in per_split)
     tests = np.array([r["test_accuracy"] for r in per_split])
     return {
