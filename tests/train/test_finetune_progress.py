@@ -80,7 +80,7 @@ def test_nft_unfreezes_are_announced_when_they_happen_without_a_bar(tmp_path, ca
 def test_long_run_warning_without_a_progress_bar(tmp_path, capsys, monkeypatch):
     # the warning comes before any training: the splits themselves are stubbed out
     monkeypatch.setattr(
-        ft, "run_splits", lambda w, splits, f, resume: [{"test_accuracy": 0.5} for _ in splits]
+        ft, "run_splits", lambda w, splits, f, **kw: [{"test_accuracy": 0.5} for _ in splits]
     )
     cfg = ft.FinetuneConfig(
         mode="mft", checkpoint=_tiny_model_dir(tmp_path / "m"), dataset=DATA, epochs=100
