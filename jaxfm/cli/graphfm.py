@@ -51,10 +51,8 @@ def _pretrain_config(args):
 
     defaults = PretrainConfig()
     opt = dataclasses.replace(
-        defaults.optimizer,
-        learning_rate=args.lr or defaults.optimizer.learning_rate,
-        total_steps=args.steps,
-    ).for_run(args.steps)
+        defaults.optimizer, learning_rate=args.lr or defaults.optimizer.learning_rate
+    )
     return PretrainConfig(
         model=args.model,
         data=tuple(args.data or ()),
@@ -74,6 +72,7 @@ def _pretrain_config(args):
         log_every=args.log_every,
         eval_every=args.eval_every,
         seed=args.seed,
+        pe_cache_dir=args.pe_cache_dir,
         model_overrides={"dtype": args.dtype} if args.dtype else {},
     )
 
@@ -98,7 +97,9 @@ def _resumed_pretrain_config(args, cfg):
         k: getattr(cfg, k) if k in given or k not in outputs else outputs[k]
         for k in PRETRAIN_OUTPUTS
     }
-    return dataclasses.replace(recorded, workdir=args.workdir, **kept)
+    return dataclasses.replace(
+        recorded, workdir=args.workdir, pe_cache_dir=cfg.pe_cache_dir, **kept
+    )
 
 
 def _pretrain(args) -> int:
@@ -365,6 +366,7 @@ def add_parsers(sub) -> None:
         "--overwrite", action="store_true", help="replace an earlier run's checkpoints in --workdir"
     )
     add_field(p, PretrainConfig, "seed")
+    add_field(p, PretrainConfig, "pe_cache_dir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--quiet-summary", action="store_true", help="summary to stderr")
     add_observability_flags(p)

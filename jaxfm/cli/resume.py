@@ -129,5 +129,6 @@ def check_given(given: dict[str, str], from_flags, recorded, run_json: Path | st
     if diffs:
         raise ValueError(
             f"--resume: {'; '.join(diffs)} differ from the run recorded in {run_json}. Leave "
-            "them out to continue that run, or start a fresh one with --overwrite"
+            "them out (or repeat the recorded values) to continue that run; a run with other "
+            "settings needs its own --workdir"
         )

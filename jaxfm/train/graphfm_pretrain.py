@@ -88,6 +88,11 @@ class PretrainConfig:
       eval_buckets: packed buckets of held-out nodes per evaluation (a fixed sample, so the
         evaluations are comparable; each costs about ``eval_buckets`` forward passes).
       seed: data order, init and dropout.
+      pe_cache_dir: folder of the on-disk Laplacian PE cache, so that a second run over the same
+        graphs reads their PEs instead of solving eigenproblems again; ``"auto"``:
+        ``$JAXFM_PE_CACHE``, else ``$XDG_CACHE_HOME/jaxfm/pe`` (``~/.cache/jaxfm/pe``); ``"off"``
+        or None: memory only (:func:`jaxfm.graph.laplacian.resolve_pe_cache_dir`). Not part of
+        the run's identity: a resume may read its PEs from another folder.
     """
 
     model: str = "small"
@@ -112,7 +117,7 @@ class PretrainConfig:
             weight_decay=1e-4,
             schedule="warmup_cosine",
             warmup_steps=30,
-            total_steps=300,
+            total_steps=0,  # the run's steps (OptimizerConfig.for_run)
             end_lr_fraction=0.05,
         )
     )
@@ -125,6 +130,7 @@ class PretrainConfig:
     eval_every: int = 100
     eval_buckets: int = 4
     seed: int = 0
+    pe_cache_dir: str | None = "auto"
 
     def __post_init__(self):
         for name in ("steps", "accum", "node_budget", "graph_budget", "target_budget"):
@@ -157,6 +163,8 @@ class PretrainConfig:
             raise ValueError("PretrainConfig.max_lr_scale must be >= 1")
         if self.devices is not None and self.devices < 1:
             raise ValueError(f"PretrainConfig.devices must be >= 1, got {self.devices}")
+        if self.pe_cache_dir is not None and not str(self.pe_cache_dir).strip():
+            raise ValueError("PretrainConfig.pe_cache_dir must be a folder, 'auto' or 'off'")
 
     def buckets_per_accumulation(self, mesh_shape: dict[str, int]) -> int:
         """``devices`` (default: ``data x fsdp``), checked against the mesh."""
@@ -318,7 +326,7 @@ def run_info(cfg: PretrainConfig, model_cfg: GraphFMConfig, *, identity: bool = 
     schedule then follows the new length).
     """
     info = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    for k in ("workdir", *RESUMABLE_OUTPUTS):
+    for k in ("workdir", "pe_cache_dir", *RESUMABLE_OUTPUTS):  # where files go, not the run
         info.pop(k, None)
     if identity:
         info.pop("steps", None)
@@ -340,7 +348,7 @@ def pretrain(
     """Runs (or resumes) pretraining and returns the summary dict (also ``WORKDIR/summary.json``).
 
     The train state lives on a device mesh (``cfg.mesh``, :mod:`jaxfm.train.sharding`): created
-    directly sharded, updated by :func:`~jaxfm.train.graphfm_step.make_sharded_train_step`, and
+    directly sharded, updated by the spine's step (:func:`jaxfm.train.step.make_train_step`), and
     checkpointed shard by shard (every process writes its own). Only process 0 prints metric
     lines and writes the summary and the final model. A SIGTERM makes the loop save a checkpoint
     after the current step and return early with ``summary["preempted"] = True``.
@@ -359,6 +367,7 @@ def pretrain(
     from jaxfm.data.corpus import build_corpus
     from jaxfm.data.packing import PackingBudget
     from jaxfm.data.pipeline import PackedPipeline
+    from jaxfm.graph.laplacian import resolve_pe_cache_dir
 
     main = is_main_process()
     mesh = make_mesh(cfg.mesh)
@@ -378,6 +387,7 @@ def pretrain(
         pe_dim=base.pe_dim,
         node_budget=cfg.node_budget,
         seed=cfg.seed,
+        pe_cache_dir=resolve_pe_cache_dir(cfg.pe_cache_dir),
     )
     model_cfg: GraphFMConfig = dataclasses.replace(base, datasets=tuple(corpus.dataset_specs))
     budget = PackingBudget(

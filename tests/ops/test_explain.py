@@ -68,9 +68,8 @@ def test_gpu_hlo_custom_calls_are_attributed():
 @pytest.mark.slow  # compiles a whole GraphFM train step (~10-20 s on 2 shared cores)
 def test_graphfm_train_step_explanation():
     from jaxfm.graphfm import graphfm_config
-    from jaxfm.train.explain import explain_train_step
-
     from jaxfm.graphfm.encoder import resolve_attention_path
+    from jaxfm.train.explain import explain_train_step
 
     rows = explain_train_step(graphfm_config("small"), nodes=64, graphs=2, targets=8)
     paths = [r["path"] for r in rows]

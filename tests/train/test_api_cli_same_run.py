@@ -39,6 +39,18 @@ def test_cli_defaults_are_the_dataclass_defaults():
     assert pt.checkpoint_every == PretrainConfig().checkpoint_every
 
 
+@pytest.mark.parametrize("steps", [1, 300, 1000])
+def test_pretraining_api_and_cli_give_the_same_schedule(steps):
+    from jaxfm.cli.graphfm import _pretrain_config
+
+    cli = _pretrain_config(_parse(["pretrain", "--steps", str(steps)]))
+    api = PretrainConfig(steps=steps)
+    assert cli == api
+    resolved = api.optimizer.for_run(api.steps)
+    assert resolved.total_steps == steps  # the schedule ends where the run ends
+    assert resolved.warmup_steps < max(steps, 2)
+
+
 @pytest.mark.slow
 def test_readme_python_example_equals_its_cli_twin(tmp_path, capsys):
     # The README's example as written (only the workdir differs, so the two runs do not meet).
