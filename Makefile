@@ -10,7 +10,7 @@ help:
 	@echo "test      - the default test suite (the 'slow' marker excluded by pyproject addopts)"
 	@echo "test-fast - the same, with the slow exclusion spelled out"
 	@echo "test-slow - only the slow end-to-end tests"
-	@echo "ci        - what CI runs: .ci/run (fresh venv, default suite, slow tests, version floors)"
+	@echo "ci        - what CI runs: .ci/run (fresh venv, default suite, lint, slow tests, version floors, py3.12)"
 	@echo "bench     - benchmarks in experiments/benchmarks"
 	@echo "smoke     - the README's main job on the embedded default"
 
