@@ -11,6 +11,8 @@ FIXTURES = REPO / "tests" / "fixtures"
 # The CLI's persistent compilation cache stays off in tests (no writes to ~/.cache, no state
 # carried between tests); tests/test_compilation_cache.py turns it on in a temporary folder.
 os.environ.setdefault("JAXFM_COMPILATION_CACHE", "off")
+# Likewise the Laplacian PE disk cache of `jaxfm pretrain` (tests that want one give a tmp_path).
+os.environ.setdefault("JAXFM_PE_CACHE", "off")
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,9 @@ Laplacian ``L = I - D^-1/2 A D^-1/2`` (smallest eigenvalues first). Conventions:
   eigenvalue); the model's SignNet is invariant to the sign.
 
 :class:`LaplacianPECache` memoises PEs by a fingerprint of the edge set (in memory and optionally
-as ``.npy`` files in a directory), so a graph's PE is computed once per corpus build.
+as ``.npy`` files in a directory), so a graph's PE is computed once per corpus build and, with a
+directory, once per machine: :func:`resolve_pe_cache_dir` names the per-user folder that
+``jaxfm pretrain`` uses by default (``$JAXFM_PE_CACHE``, else ``$XDG_CACHE_HOME/jaxfm/pe``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +50,7 @@ __all__ = [
     "graph_fingerprint",
     "laplacian_pe",
     "normalized_laplacian",
+    "resolve_pe_cache_dir",
 ]
 
 Method = Literal["auto", "dense", "eigsh"]
@@ -218,6 +223,40 @@ def graph_fingerprint(senders: np.ndarray, receivers: np.ndarray, num_nodes: int
     return h.hexdigest()
 
 
+_OFF = ("off", "0", "none", "false", "no")
+
+
+def resolve_pe_cache_dir(
+    setting: str | os.PathLike | None = "auto", env: Mapping[str, str] | None = None
+) -> Path | None:
+    """The folder of the on-disk PE cache that ``setting`` names; None = memory only.
+
+    ``"auto"``: ``$JAXFM_PE_CACHE`` if set (``off``, ``0`` or ``none`` disables the cache), else
+    ``$XDG_CACHE_HOME/jaxfm/pe`` (default ``~/.cache/jaxfm/pe``), like the compilation cache's
+    folder (:mod:`jaxfm.compilation_cache`). ``None`` or ``"off"``: no disk cache. Anything else:
+    that folder.
+
+    >>> str(resolve_pe_cache_dir("auto", {"JAXFM_PE_CACHE": "/tmp/pe"}))
+    '/tmp/pe'
+    >>> resolve_pe_cache_dir("auto", {"JAXFM_PE_CACHE": "off"}) is None
+    True
+    >>> str(resolve_pe_cache_dir("auto", {"HOME": "/home/u"}))
+    '/home/u/.cache/jaxfm/pe'
+    >>> str(resolve_pe_cache_dir("/data/pe", {"JAXFM_PE_CACHE": "off"}))  # explicit wins
+    '/data/pe'
+    """
+    if setting is None or str(setting).strip().lower() in _OFF:
+        return None
+    if str(setting) != "auto":
+        return Path(setting).expanduser()
+    env = os.environ if env is None else env
+    own = env.get("JAXFM_PE_CACHE", "").strip()
+    if own:
+        return None if own.lower() in _OFF else Path(own).expanduser()
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME", "~")) / ".cache")
+    return Path(base).expanduser() / "jaxfm" / "pe"
+
+
 def _create_temp(directory: Path, prefix: str, suffix: str) -> tuple[int, Path]:
     """Creates a new file in ``directory`` with the mode the umask gives (as ``open`` would).
 
@@ -237,10 +276,14 @@ def _create_temp(directory: Path, prefix: str, suffix: str) -> tuple[int, Path]:
 class LaplacianPECache:
     """Memoises :func:`laplacian_pe` by graph fingerprint, in memory and optionally on disk.
 
-    The key is ``(fingerprint, k, seed, method, dense_threshold)``. With ``cache_dir`` each PE is
-    also written as ``<key>.npy`` (atomically: temp file + rename; the file's mode honours the
-    umask, like any file the user writes); a file that does not load as a ``float32 [N, k]``
-    array is ignored and recomputed.
+    The key is ``(fingerprint, k, seed, method, dense_threshold)``: every argument of
+    :func:`laplacian_pe` (the fingerprint covers N, the undirected edge set and the PE definition's
+    version, ``_VERSION``), so an entry is only ever read for the PE it would recompute. With
+    ``cache_dir`` each PE is also written as ``<key>.npy`` (atomically: temp file + rename; the
+    file's mode honours the umask, like any file the user writes); a file that does not load as a
+    finite ``float32 [N, k]`` array is ignored and recomputed. A folder that cannot be written
+    (read-only, full) only costs the new disk copies: one warning, and the PEs stay in memory; a
+    cache never stops a run.
 
     Attributes:
       hits, misses: counters (a disk hit counts as a hit).
@@ -248,6 +291,7 @@ class LaplacianPECache:
 
     def __init__(self, cache_dir: str | os.PathLike | None = None):
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self._writable = True
         self._memory: dict[str, np.ndarray] = {}
         self.hits = 0
         self.misses = 0
@@ -294,26 +338,39 @@ class LaplacianPECache:
     def _load(self, key: str, shape: tuple[int, int]) -> np.ndarray | None:
         if self.cache_dir is None:
             return None
-        path = self.cache_dir / f"{key}.npy"
-        if not path.exists():
-            return None
         try:
-            pe = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
+            pe = np.load(self.cache_dir / f"{key}.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError):  # absent, unreadable or not an array file
             return None
         if pe.shape != shape or pe.dtype != np.float32 or not np.isfinite(pe).all():
             return None
         return pe
 
     def _save(self, key: str, pe: np.ndarray) -> None:
-        if self.cache_dir is None:
+        if self.cache_dir is None or not self._writable:
             return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _create_temp(self.cache_dir, f".{key}.", ".npy.tmp")
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = _create_temp(self.cache_dir, f".{key}.", ".npy.tmp")
+        except OSError as err:
+            self._unwritable(err)
+            return
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, pe, allow_pickle=False)
             os.replace(tmp, self.cache_dir / f"{key}.npy")
+        except OSError as err:
+            Path(tmp).unlink(missing_ok=True)
+            self._unwritable(err)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def _unwritable(self, err: OSError) -> None:
+        warnings.warn(
+            f"Laplacian PE cache {self.cache_dir} cannot be written ({err}); new PEs are kept "
+            "in memory only (set $JAXFM_PE_CACHE or --pe-cache-dir to another folder, or off)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self._writable = False  # one warning, not one per graph; reads go on
