@@ -20,6 +20,15 @@ MFT/NFT, the baselines, graph-level MFT, GraphMAE) gets the same behaviour:
   ``WORKDIR/tensorboard`` (``tensorboard=True``; needs ``pip install 'jaxfm[tensorboard]'``).
 - **Profiling.** ``profile_steps=(A, B)`` records a ``jax.profiler`` trace of steps A..B (1-based,
   inclusive) into ``WORKDIR/profile`` (open it with TensorBoard's profile plugin or Perfetto).
+- **Feeding the device.** With ``prefetch=N`` (default 1) a daemon thread draws the next batches
+  (``__next__`` and ``put``: packing and the host-to-device copy) up to N steps ahead, while the
+  device runs the current step; each batch travels with the batch source's state after it, so a
+  checkpoint records the batches the steps consumed, never the prefetched ones, and a resumed run
+  is bit-identical. The loop does not wait for a step before queueing the next: it reads step
+  ``t``'s loss once step ``t + 1`` is queued (so at most two steps are in flight), and the other
+  metrics only for a logged or ``step_record`` step. The NaN/inf loss check thus runs on every
+  step, one step late, and always before an evaluation or a checkpoint, which never see a
+  non-finite step.
 
 A batch source is any object with ``__next__`` (the next step's batch, leaves ``[A, D, ...]``),
 ``get_state() -> dict`` (JSON) and ``set_state(dict)``; :class:`EpochBatches` makes one from a
@@ -28,9 +37,11 @@ deterministic ``epoch -> micro-batches`` function.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
+import queue
 import signal
 import sys
 import threading
@@ -427,6 +438,93 @@ def _trim_metrics(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
+class _Failure:
+    """An exception of the prefetch thread, on its way to the training loop."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _device_put(batch):
+    """The default ``put`` of a prefetching loop: numpy leaves onto the default device ahead of
+    the step (uncommitted, so a jitted step with other input shardings may still move them)."""
+    return jax.tree.map(lambda x: jax.device_put(x) if isinstance(x, np.ndarray) else x, batch)
+
+
+class _Feed:
+    """The next ``count`` batches of ``data`` through ``put``, each with the source's state after.
+
+    ``depth`` 0 draws each batch when it is asked for (in the loop's thread). ``depth`` N >= 1
+    draws them in a daemon thread, at most N ahead (a bounded queue). An exception of the thread
+    is raised by :meth:`next` in the loop's thread (the same exception object, so its traceback
+    still shows where it was raised); :meth:`close` stops the thread at its next batch.
+    """
+
+    _POLL = 0.1  # seconds between checks that the other side is still there
+
+    def __init__(self, data, put: Callable, count: int, depth: int):
+        self.data, self.put = data, put
+        self._thread: threading.Thread | None = None
+        if depth > 0 and count > 0:
+            self._queue: queue.Queue = queue.Queue(maxsize=depth)
+            self._closed = threading.Event()
+            self._thread = threading.Thread(
+                target=self._produce, args=(count,), name="jaxfm-prefetch", daemon=True
+            )
+            self._thread.start()
+
+    def _draw(self) -> tuple[Any, dict]:
+        batch = next(self.data)
+        return self.put(batch), copy.deepcopy(self.data.get_state())
+
+    def _produce(self, count: int) -> None:
+        try:
+            for _ in range(count):
+                if self._closed.is_set() or not self._offer(self._draw()):
+                    return
+        except BaseException as err:  # handed to the loop's thread, raised there
+            self._offer(_Failure(err))
+
+    def _offer(self, item) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=self._POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> tuple[Any, dict]:
+        """``(device batch, the batch source's state after it)``."""
+        if self._thread is None:
+            return self._draw()
+        while True:
+            try:
+                item = self._queue.get(timeout=self._POLL)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("fit: the prefetch thread stopped without a batch") from None
+        if isinstance(item, _Failure):
+            self.close()
+            raise item.error
+        return item
+
+    def close(self) -> None:
+        """Stops the thread and drops the batches it prepared (their device buffers too)."""
+        if self._thread is None:
+            return
+        self._closed.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        # It exits at its next queue put or batch; a batch source stuck for longer than this
+        # wait cannot hold the process (a daemon thread).
+        self._thread.join(timeout=5.0)
+
+
 def fit(
     state,
     train_step: Callable,
@@ -453,6 +551,7 @@ def fit(
     main: bool = True,
     tensorboard: bool = False,
     profile_steps: tuple[int, int] | None = None,
+    prefetch: int = 1,
 ) -> FitResult:
     """Runs ``train_step`` for ``total_steps`` steps (resuming if asked); see the module.
 
@@ -474,8 +573,11 @@ def fit(
       run_info: JSON identity of the run (config, data); a resume checks it against the
         checkpoint's and names the fields that differ.
       log_every: also log a record every N steps (0: only evaluation records).
-      step_record: ``(step, host metrics, step seconds) -> extra fields`` of a per-step record.
-      put: host batch -> device batch (multi-process global arrays); default: as given.
+      step_record: ``(step, host metrics, step seconds) -> extra fields`` of a per-step record
+        (called one step late, once the next step is queued; the seconds are the wall time
+        between this step's end and the previous one's).
+      put: host batch -> device batch (multi-process global arrays); default: numpy leaves
+        ``jax.device_put`` when prefetching, else as given.
       log_stream: where JSON lines go (None: only ``metrics.jsonl``).
       progress: tqdm bar on stderr.
       desc: the bar's label.
@@ -484,14 +586,21 @@ def fit(
         ``WORKDIR/tensorboard`` (needs tensorboardX: ``pip install 'jaxfm[tensorboard]'``).
       profile_steps: ``(A, B)``: record a ``jax.profiler`` trace of steps A..B (1-based,
         inclusive) into ``WORKDIR/profile`` (:func:`parse_profile_steps` reads ``"A:B"``).
+      prefetch: batches a background thread prepares ahead (``data``'s ``__next__`` and
+        ``put``) while the device runs a step; 0: each batch is prepared in the loop's thread
+        when the step needs it. The steps and checkpoints are the same either way.
 
     Raises:
-      FloatingPointError: the training loss became NaN or infinite.
+      FloatingPointError: the training loss became NaN or infinite (noticed one step late, as
+        the loop reads a step's loss once the next is queued; never after a checkpoint of it).
+      Exception: whatever ``data`` or ``put`` raised, also from the prefetch thread.
       ValueError: a resume whose checkpoint belongs to another run, a workdir in use, or
         ``tensorboard`` without tensorboardX installed.
     """
     if total_steps < 1:
         raise ValueError(f"fit: total_steps must be >= 1, got {total_steps}")
+    if prefetch < 0:
+        raise ValueError(f"fit: prefetch must be >= 0, got {prefetch}")
     eval_every = eval_every or steps_per_epoch
     if evaluate is not None and not eval_every:
         raise ValueError("fit: evaluate needs eval_every or steps_per_epoch")
@@ -499,7 +608,7 @@ def fit(
         raise ValueError("fit: select needs an evaluate hook")
     checkpoint_every = checkpoint_every or eval_every or total_steps
     run_info = dict(run_info or {})
-    put = put or (lambda b: b)
+    put = put or (_device_put if prefetch else (lambda b: b))
     best_params = _host(state.params) if select is not None else None
     history: list[dict] = []
     epoch_loss = [0.0, 0]  # the current epoch's loss sum and step count
@@ -519,6 +628,7 @@ def fit(
             run_dir.close()
         raise
     log = _Log(log_stream, None if run_dir is None else run_dir.metrics_path, main, writer)
+    feed = None
 
     def tree_of(state, best):
         tree = {"train": state, "rng": np.asarray(jax.random.key_data(rng))}
@@ -571,44 +681,62 @@ def fit(
         )
         steps: list[dict] = []
         preempted, signum = False, None
-        batch = next(data)
-        with Preemption() as preemption:
-            for step in range(start, total_steps):
-                t0 = time.perf_counter()
-                if run_dir is not None:
-                    run_dir.check_saves()
-                profile.before(step + 1)
-                state, metrics = train_step(state, put(batch), jax.random.fold_in(rng, step))
-                profile.after(step + 1, state)
-                data_state = data.get_state()
-                if step + 1 < total_steps:
-                    batch = next(data)  # prepared while the device runs the step
-                host = _host(metrics)
-                elapsed = time.perf_counter() - t0  # the step, its batch's preparation, the sync
-                loss = float(host["loss"])
+        ran: list[tuple[int, Any]] = []  # (step, device metrics): queued, not yet read
+        last_done = time.perf_counter()  # when the previous step was seen finished
+
+        def settle(count: int) -> None:
+            """The host side of the oldest ``count`` queued steps, in order: waits for each,
+            checks its loss, adds it to the epoch's, and makes its record if one is due."""
+            nonlocal last_done
+            todo, ran[:] = ran[:count], ran[count:]
+            for step, metrics in todo:
+                loss = float(_host(metrics["loss"]))  # waits for the step
+                now = time.perf_counter()
+                seconds, last_done = now - last_done, now
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"{desc}: training loss became {loss} at step {step}")
                 epoch_loss[0] += loss
                 epoch_loss[1] += 1
                 done = step + 1
-                record = None
-                if (log_every and done % log_every == 0) or step_record is not None:
+                logged = bool(log_every) and done % log_every == 0
+                if logged or step_record is not None:
+                    host = _host(metrics)
                     record = {"step": done, **_scalars(host)}
                     if step_record is not None:
-                        record.update(step_record(step, host, elapsed))
-                    record["step_seconds"] = round(elapsed, 4)
+                        record.update(step_record(step, host, seconds))
+                    record["step_seconds"] = round(seconds, 4)
                     steps.append(record)
-                    if log_every and done % log_every == 0:
+                    if logged:
                         log(record)
                 bar.set_postfix(loss=f"{loss:.4g}")
                 bar.update(1)
+
+        feed = _Feed(data, put, total_steps - start, prefetch)
+        with Preemption() as preemption:
+            for step in range(start, total_steps):
+                if run_dir is not None:
+                    run_dir.check_saves()
+                batch, data_state = feed.next()  # data_state: the source after this batch
+                profile.before(step + 1)
+                state, metrics = train_step(state, batch, jax.random.fold_in(rng, step))
+                del batch
+                profile.after(step + 1, state)
+                ran.append((step, metrics))
+                done = step + 1
+                last = done == total_steps
+                evaluating = evaluate is not None and (done % eval_every == 0 or last)
+                signalled = preemption.agreed() and not last
+                if not (evaluating or signalled or done % checkpoint_every == 0 or last):
+                    settle(len(ran) - 1)  # the previous step, while the device runs this one
+                    continue
+                settle(len(ran))  # evaluations and checkpoints see only finished, finite steps
                 evaluated = False
-                if evaluate is not None and (done % eval_every == 0 or done == total_steps):
+                if evaluating:
                     rec = {"step": done}
                     if steps_per_epoch:
                         rec["epoch"] = -(-done // steps_per_epoch) - 1
                     rec["train_loss"] = epoch_loss[0] / max(epoch_loss[1], 1)
-                    epoch_loss = [0.0, 0]
+                    epoch_loss[:] = [0.0, 0]
                     val = evaluate(state.params)
                     rec.update({f"val_{k}": float(v) for k, v in val.items()})
                     if select is not None:
@@ -619,9 +747,10 @@ def fit(
                     log(rec)
                     evaluated = True
                 stop = select is not None and evaluated and select.stop
-                preempted = preemption.agreed() and done < total_steps and not stop
-                if preempted or stop or done % checkpoint_every == 0 or done == total_steps:
+                preempted = signalled and not stop
+                if preempted or stop or done % checkpoint_every == 0 or last:
                     save(done, data_state)
+                last_done = time.perf_counter()  # the next step's time leaves these out
                 if preempted:
                     signum = preemption.requested
                     if progress and main:
@@ -631,6 +760,8 @@ def fit(
                     break
         bar.close()
     finally:
+        if feed is not None:
+            feed.close()
         profile.stop()
         log.close()
         if run_dir is not None:
