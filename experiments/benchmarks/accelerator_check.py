@@ -18,7 +18,12 @@ Prints one Markdown table (and optionally JSON). Rows:
   useful), times 3 for forward + backward. Flash kernels are custom calls that cost analysis
   cannot see, hence the XLA lowering for counting only.
 * ``input``: host batch preparation (packing one bucket + transfer) vs device step time, and the
-  input share ``host / (host + device)`` of a step when the two do not overlap.
+  input share ``host / (host + device)`` of a step when the two do not overlap. Then the same
+  step in the training loop (:func:`jaxfm.train.trainer.fit`, batches packed afresh each step),
+  in the same run: the median loop step with ``prefetch=0`` (packing + ``device_put`` in the
+  loop's thread, between dispatches) and ``prefetch=1`` (in a background thread one step ahead),
+  and each one's measured input share ``(loop step - device step) / loop step``: what the device
+  still waits for per step.
 * ``packed vs padded``: the Perceiver cross attention (latents -> packed nodes) forward +
   backward in the ``segment`` layout (packed; splash on TPU, XLA dense mask elsewhere), the
   ``bucketed`` layout (padded per graph; cuDNN on GPU) and, on Hopper, ``cudnn_packed``.
@@ -227,6 +232,61 @@ def graphfm_rows(table: Table, sizes: Sizes, peak: float, dtype: str) -> None:
         table.add("input", f"{label} host batch prep", 1e3 * host_s, "ms", "pack + device_put")
         table.add("input", f"{label} input share", 100 * host_s / (host_s + dev_s), "%",
                   "host / (host + device), if not overlapped")  # fmt: skip
+        state = loop_rows(table, label, sizes, compiled, state, corpus, budget, dev_s)
+
+
+class _Held:
+    """The benchmark's ``(params, opt_state)`` as the train state :func:`fit` expects."""
+
+    def __init__(self, state):
+        self.state = state
+
+    @property
+    def params(self):
+        return self.state[0]
+
+
+class _Buckets:
+    """One packed bucket per step, packed afresh (the pipeline as fit's batch source)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __next__(self):
+        return next(self.pipe)[0]
+
+    def get_state(self) -> dict:
+        return self.pipe.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.pipe.set_state(state)
+
+
+def loop_rows(table: Table, label: str, sizes: Sizes, compiled, state, corpus, budget, dev_s):
+    """The compiled step in the training loop with ``prefetch`` 0 and 1; returns the state."""
+    from jaxfm.data.pipeline import PackedPipeline
+    from jaxfm.train.trainer import fit
+
+    def step(held, batch, key):
+        del key
+        new, value = compiled(held.state, batch)
+        return _Held(new), {"loss": value}
+
+    steps = max(sizes.repeats, 5) + 1  # the first step's time (its batch unprepared) is dropped
+    for prefetch in (0, 1):
+        pipe = PackedPipeline(corpus, budget=budget, num_buckets=1, seed=1)
+        result = fit(_Held(state), step, _Buckets(pipe), total_steps=steps,
+                     rng=jax.random.key(0), step_record=lambda *a: {}, put=jax.device_put,
+                     log_stream=None, progress=False, prefetch=prefetch)  # fmt: skip
+        state = result.state.state
+        loop_s = float(np.median([r["step_seconds"] for r in result.steps[1:]]))
+        how = "in the loop's thread" if prefetch == 0 else "in a background thread, 1 ahead"
+        table.add("input", f"{label} loop step, prefetch {prefetch}", 1e3 * loop_s, "ms",
+                  f"fit, pack + device_put {how}; median of {steps - 1}")  # fmt: skip
+        table.add("input", f"{label} input share, prefetch {prefetch}",
+                  100 * max(loop_s - dev_s, 0.0) / loop_s, "%",
+                  "measured: (loop step - device step) / loop step")  # fmt: skip
+    return state
 
 
 # ----------------------------------------------------------------------------- ops
