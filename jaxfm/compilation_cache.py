@@ -2,7 +2,7 @@
 
 A GraphFM or FIMP run compiles a few programs (one per packing budget) that take tens of seconds
 each on a CPU host; with the cache a second run of the same configuration loads them from disk
-(measured on the README main job: about a minute saved on a 3-step run).
+instead of compiling them again.
 
 Where: ``$JAXFM_COMPILATION_CACHE`` if set (``off``, ``0`` or ``none`` disables it), else JAX's
 own ``$JAX_COMPILATION_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/jaxfm/xla`` (default
