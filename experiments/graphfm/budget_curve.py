@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate import EVAL, EXCLUDE, PAPER, SHARED, results_dir
+from evaluate import EVAL, EXCLUDE, PAPER, SHARED, pretrain_optimizer, results_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,6 @@ def corpus_training_nodes(cfg) -> tuple[int, int, int]:
 
 def pretrain_config(args, steps: int, workdir: Path):
     from jaxfm.train.graphfm_pretrain import PretrainConfig
-    from jaxfm.train.optim import OptimizerConfig
 
     return PretrainConfig(
         data=(str(SHARED),),
@@ -55,15 +54,7 @@ def pretrain_config(args, steps: int, workdir: Path):
         checkpoint_every=max(steps // 4, 1),
         log_every=max(steps // 20, 1),
         eval_every=0,
-        optimizer=OptimizerConfig(
-            name="lamb",
-            learning_rate=2e-3,
-            weight_decay=1e-4,
-            schedule="warmup_cosine",
-            warmup_steps=max(steps // 20, 1),
-            total_steps=steps,
-            end_lr_fraction=0.05,
-        ),
+        optimizer=pretrain_optimizer(steps),
     )
 
 

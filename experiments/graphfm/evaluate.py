@@ -58,6 +58,21 @@ BASELINES = ("GCN", "MLP", "SAGE", "GAT", "GIN", "GPS", "GraphMAE")
 MODELS = ("MFT", "NFT", *BASELINES)
 
 
+def pretrain_optimizer(steps: int):
+    """The pretraining optimizer of these experiments: LAMB, lr 2e-3, 5 % warmup, cosine to 5 %."""
+    from jaxfm.train.optim import OptimizerConfig
+
+    return OptimizerConfig(
+        name="lamb",
+        learning_rate=2e-3,
+        weight_decay=1e-4,
+        schedule="warmup_cosine",
+        warmup_steps=max(steps // 20, 1),
+        total_steps=steps,
+        end_lr_fraction=0.05,
+    )
+
+
 def _fmt(r: dict | None) -> str:
     if not r or "test_accuracy_mean" not in r:
         return "-"
@@ -138,15 +153,7 @@ def main(argv=None) -> int:
             workdir=str(workdir),
             checkpoint_every=max(steps // 3, 1),
             log_every=max(steps // 30, 1),
-            optimizer=PretrainConfig().optimizer.__class__(
-                name="lamb",
-                learning_rate=2e-3,
-                weight_decay=1e-4,
-                schedule="warmup_cosine",
-                warmup_steps=max(steps // 20, 1),
-                total_steps=steps,
-                end_lr_fraction=0.05,
-            ),
+            optimizer=pretrain_optimizer(steps),
         )
         summary = pretrain(cfg)
         timings["pretrain_s"] = summary["seconds"]
