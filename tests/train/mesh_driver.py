@@ -26,11 +26,17 @@ TINY = dict(
 
 
 def run(root: str, name: str, mesh: str, devices: int, steps: int, resume: bool) -> dict:
+    import dataclasses
+
     from jaxfm.train.graphfm_pretrain import PretrainConfig, pretrain
 
+    # One schedule for every run (the default follows each run's own length), so that the
+    # 3-step run is the prefix of the 5-step ones and a resume continues the same schedule.
+    opt = dataclasses.replace(PretrainConfig().optimizer, total_steps=300)
     cfg = PretrainConfig(
-        mesh=mesh or None, devices=devices, steps=steps, workdir=f"{root}/{name}", **TINY
-    )
+        mesh=mesh or None, devices=devices, steps=steps, workdir=f"{root}/{name}", optimizer=opt,
+        **TINY,
+    )  # fmt: skip
     log = io.StringIO()
     summary = pretrain(cfg, resume=resume, log_stream=log, progress=False)
     lines = [json.loads(x) for x in log.getvalue().splitlines()]
