@@ -68,13 +68,13 @@ def write_table(out: Path, results: dict, meta: dict) -> None:
         f"{meta['steps_per_epoch']} steps of {meta['target_budget']} targets = one epoch), "
         f"then MFT with the library defaults ({meta['mft']}).",
         "",
-        "| graph | " + " | ".join(f"{b} ep." for b in budgets) + " | paper MFT |",
+        "| graph | " + " | ".join(f"{b:g} ep." for b in budgets) + " | paper MFT |",
         "|---|" + "---|" * (len(budgets) + 1),
     ]
     for g in graphs:
         cells = []
         for b in budgets:
-            r = results.get(f"{b}/{g}")
+            r = results.get(f"{b:g}/{g}")
             cells.append(
                 "-"
                 if r is None
@@ -90,16 +90,19 @@ def write_table(out: Path, results: dict, meta: dict) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
+    span = [min(budgets) / 1.5, max(budgets) * 1.5]  # x range of the paper lines (log axis)
     for g in graphs:
-        pts = [(b, results[f"{b}/{g}"]) for b in budgets if f"{b}/{g}" in results]
+        pts = [(b, results[f"{b:g}/{g}"]) for b in budgets if f"{b:g}/{g}" in results]
         xs = [b for b, _ in pts]
         ys = [100 * r["test_accuracy_mean"] for _, r in pts]
         es = [100 * r["test_accuracy_std"] for _, r in pts]
         line = ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=g)
         paper = PAPER[g]["MFT"]
         if paper != "-":
-            ax.axhline(float(paper.split("±")[0]), ls=":", color=line[0].get_color(), lw=1)
+            y = float(paper.split("±")[0])
+            ax.plot(span, [y, y], ls=":", color=line[0].get_color(), lw=1)
     ax.set_xscale("log")
+    ax.set_xlim(*span)
     ax.set_xlabel("pretraining budget (epochs of the corpus)")
     ax.set_ylabel("MFT test accuracy (%)")
     ax.set_title(f"GraphFM small on {meta['corpus']} (dotted: paper MFT, 75M)")
