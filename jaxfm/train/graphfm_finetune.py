@@ -419,7 +419,8 @@ def embed_graph(checkpoint: str, dataset: str, out: str, *, chunk: int = 512) ->
     """Writes ``[N, D]`` node embeddings of ``dataset`` from a pretrained model to ``out`` (.npy).
 
     A dataset of the pretraining corpus uses its own trained feature MLP; an unseen dataset gets
-    a freshly initialised one (seed 0), as at the start of MFT. Written atomically.
+    a freshly initialised one (seed 0) on the pretraining feature reduction (``feature_dim`` SVD
+    columns, plain init), not MFT's raw-feature path. Written atomically.
     """
     from jaxfm.data.registry import load_dataset
     from jaxfm.model_dir import check_output_file, write_npy_atomic
