@@ -2,7 +2,8 @@
 
 A GraphFM or FIMP run compiles a few programs (one per packing budget) that take tens of seconds
 each on a CPU host; with the cache a second run of the same configuration loads them from disk
-instead of compiling them again.
+instead of compiling them again (measured: ``jaxfm pretrain --steps 3`` took 43.8 s with an empty
+cache and 18.5 s with a warm one, 2 CPU cores, the PE cache off).
 
 Where: ``$JAXFM_COMPILATION_CACHE`` if set (``off``, ``0`` or ``none`` disables it), else JAX's
 own ``$JAX_COMPILATION_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/jaxfm/xla`` (default
