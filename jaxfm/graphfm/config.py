@@ -38,8 +38,7 @@ __all__ = [
 _DTYPES = ("float32", "bfloat16")
 #: Packed cross-attention layouts: ``segment`` (one concatenated sequence + segment ids; XLA path,
 #: CPU/TPU), ``bucketed`` (graphs scattered into ``[G, S]`` with key lengths; cuDNN flash path on
-#: GPU, and the faster layout on CPU), ``auto`` (segment on TPU, where splash attention takes
-#: segment ids; bucketed elsewhere).
+#: GPU), ``auto`` (bucketed on GPU, segment elsewhere).
 ATTENTION_PATHS = ("auto", "segment", "bucketed")
 #: Per-dataset feature MLP implementations: ``ragged`` (``jax.lax.ragged_dot``, the default) and
 #: ``gather`` (each row gathers its dataset's weights; same numbers, for tests and benchmarks).

@@ -19,7 +19,7 @@ materializes the masked ``[G K, T]`` score matrix, so it costs O(G K T), not O(K
 ``bucketed`` path costs O(G K S) (linear in T for graphs of bounded size S, but every graph
 pays for S keys). A ragged (grouped) kernel would make the packed path O(K T) exactly.
 
-``auto`` picks ``segment`` on TPU and ``bucketed`` elsewhere. Then ``encoder_depth`` pre-norm
+``auto`` picks ``bucketed`` on GPU and ``segment`` elsewhere. Then ``encoder_depth`` pre-norm
 self-attention blocks run on each graph's K latents (``[G, K, D]``), followed by a LayerNorm.
 Cost O(T K) + O(G K^2). Unused slots (``graph_mask`` False) output zeros.
 
@@ -45,14 +45,11 @@ __all__ = ["PackedCrossAttention", "PerceiverEncoder", "resolve_attention_path",
 
 
 def resolve_attention_path(path: str) -> str:
-    """``auto`` -> ``segment`` on TPU (splash attention takes the segment ids), ``bucketed``
-    elsewhere: the cuDNN flash layout on GPU, and on CPU the faster one (linear in T, where
-    XLA's masked ``segment`` attention is quadratic: 11 vs 50 ms at T = 1,024, 107 vs 4,080 ms
-    at T = 8,192; experiments/benchmarks/graphfm_encoder.py). Other values pass through."""
+    """``auto`` -> ``bucketed`` on GPU, ``segment`` elsewhere; other values pass through."""
     if path not in ATTENTION_PATHS:
         raise ValueError(f"attention path must be one of {ATTENTION_PATHS}, got {path!r}")
     if path == "auto":
-        return "segment" if jax.default_backend() == "tpu" else "bucketed"
+        return "bucketed" if jax.default_backend() == "gpu" else "segment"
     return path
 
 

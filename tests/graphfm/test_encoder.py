@@ -50,7 +50,7 @@ def params():
 
 
 def test_resolve_attention_path_on_this_backend():
-    expect = "segment" if jax.default_backend() == "tpu" else "bucketed"
+    expect = "bucketed" if jax.default_backend() == "gpu" else "segment"
     assert resolve_attention_path("auto") == expect
     assert resolve_attention_path("bucketed") == "bucketed"
     with pytest.raises(ValueError, match="attention path must be one of"):
