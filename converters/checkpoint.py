@@ -554,7 +554,10 @@ class _TorchZip:
     def __init__(self, path: Path, *, max_inflation: float | None = None):
         self.path = path
         self._size = path.stat().st_size
-        self._inflate_left = max_inflated_bytes(path.stat().st_size, max_inflation)
+        try:  # the inflation budget of the whole archive, shared with the dataset readers
+            self._inflation = rp.ZipInflation(f"checkpoint {path}", self._size, max_inflation)
+        except rp.InflationLimitError as e:
+            raise CheckpointFormatError(str(e)) from None
         try:
             self.zf = zipfile.ZipFile(path)
             self.infos = {i.filename: i for i in self.zf.infolist()}
@@ -586,20 +589,8 @@ class _TorchZip:
 
     def read_bytes(self, name: str) -> bytes:
         info = self.infos[name]
-        if info.compress_type != zipfile.ZIP_STORED:
-            if info.file_size > self._inflate_left:
-                raise CheckpointFormatError(
-                    f"checkpoint {self.path}: member {name!r} inflates to {info.file_size} bytes, "
-                    f"beyond the limit for a {self._size}-byte file (a zip bomb?); raise "
-                    "JAXFM_MAX_INFLATION (ratio to the file size) if the file is trusted"
-                )
-            self._inflate_left -= info.file_size
-        elif info.file_size > self._size:
-            raise CheckpointFormatError(
-                f"checkpoint {self.path} is truncated: member {name!r} claims {info.file_size} "
-                f"bytes, the file has {self._size}"
-            )
         try:  # never past the declared size: zipfile would inflate a lying member whole
+            self._inflation.claim(info)
             return rp.read_member(self.zf, info, f"checkpoint {self.path}: member {name!r}")
         except rp.InflationLimitError as e:
             raise CheckpointFormatError(str(e)) from e
