@@ -168,7 +168,16 @@ def main(argv=None) -> int:
         if not (run_dir / "model" / "config.json").exists():
             t = time.perf_counter()
             resume = (run_dir / "run.json").exists() or (run_dir / "checkpoints").exists()
-            pretrain(pretrain_config(args, steps, run_dir), resume=resume, log_stream=None)
+            cfg = pretrain_config(args, steps, run_dir)
+            summary = pretrain(cfg, resume=resume, log_stream=None)
+            if summary.get("preempted"):
+                # stopped by a signal after saving: no model to finetune; rerunning resumes it
+                print(
+                    f"budget {b}: pretraining stopped at step {summary['last_step']} of {steps} "
+                    f"(signal {summary.get('signal')}); rerun the same command to resume",
+                    file=sys.stderr,
+                )
+                return 128 + int(summary.get("signal") or 15)
             print(f"budget {b}: {steps} steps in {time.perf_counter() - t:.0f} s", flush=True)
         for g in todo:
             path = SHARED / EVAL[g]

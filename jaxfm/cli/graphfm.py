@@ -143,6 +143,8 @@ _FINETUNE_FIELDS = [
     "feature_hidden",
     "feature_init_gain",
     "input_dropout",
+    "context_nodes",
+    "test_on_whole_graph",
     "seed",
     "workdir",
 ]

@@ -7,8 +7,11 @@ epoch ``E0`` on, every ``dE`` epochs one more decoder layer becomes trainable an
 rate is divided by 1.5. Which parameters train in each phase is a list of parameter-path regexes
 (:func:`unfreeze_epochs` and :func:`jaxfm.train.optim.make_optimizer`), not code branches.
 
-The whole graph is encoded at every step (one graph slot; GraphFM's encoder is O(N K)), and the
-node decoder runs on a batch of training targets. Evaluation decodes every node of a split.
+Each step encodes, in one graph slot, either the whole graph (``context_nodes=None``; GraphFM's
+encoder is O(N K)) or the subgraph that short random walks from the step's targets reach
+(``context_nodes``: pretraining's GraphSAINT context, at a cost per step independent of N); the
+node decoder runs on the step's training targets. Evaluation decodes every node of a split, in
+the training context (and, with ``test_on_whole_graph``, the test split also in the whole graph).
 
 The new graph's feature MLP is not bound to the pretraining corpus, and three of its settings
 decide whether the frozen trunk keeps the node's own features (measured in experiments/README.md,
@@ -84,6 +87,13 @@ class FinetuneConfig:
         than lecun init, so that the node's own token is not drowned by what the frozen decoder
         adds at its position (1: plain init).
       input_dropout: dropout on the input feature rows during training (0: none).
+      context_nodes: None encodes the whole graph at every step; an int encodes only the
+        subgraph reached by 2-step random walks from the step's targets, at most this many nodes
+        (GraphSAINT's sampler with the targets as roots: pretraining's context for big graphs).
+        Must be >= ``batch_targets``.
+      test_on_whole_graph: with ``context_nodes``, also measure each split's test accuracy with
+        the whole graph as context (``test_accuracy_whole_graph``; ``test_accuracy`` keeps the
+        training context, in which validation selected the epoch).
       seed: init of the new parameters, batch order and neighbour sampling.
       workdir: one sub-workdir per split (checkpoints, ``metrics.jsonl``, ``result.json``;
         None: nothing is written).
@@ -105,6 +115,8 @@ class FinetuneConfig:
     feature_hidden: int | None = 64
     feature_init_gain: float = 10.0
     input_dropout: float = 0.5
+    context_nodes: int | None = None
+    test_on_whole_graph: bool = False
     seed: int = 0
     workdir: str | None = "runs/finetune"
 
@@ -121,6 +133,19 @@ class FinetuneConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"FinetuneConfig.{name} must be None or an int >= 1, got {v!r}")
+        c = self.context_nodes
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise ValueError(f"FinetuneConfig.context_nodes must be None or an int >= 1, got {c!r}")
+        if c is not None and c < self.batch_targets:
+            raise ValueError(
+                f"FinetuneConfig: context_nodes={c} must be >= batch_targets={self.batch_targets} "
+                "(every target is a node of its context)"
+            )
+        if self.test_on_whole_graph and c is None:
+            raise ValueError(
+                "FinetuneConfig: test_on_whole_graph needs context_nodes (without it every "
+                "evaluation already uses the whole graph)"
+            )
         if not self.feature_init_gain > 0:
             raise ValueError(
                 f"FinetuneConfig.feature_init_gain must be > 0, got {self.feature_init_gain!r}"
@@ -204,7 +229,9 @@ def finetune_inputs(
     hidden = base_cfg.feature_hidden if cfg.feature_hidden is None else cfg.feature_hidden
     # the pretraining datasets go first: their widths are not this graph's
     base = dataclasses.replace(base_cfg, datasets=(), feature_dim=int(width), feature_hidden=hidden)
-    batcher = WholeGraphBatcher.for_model(ds, base, cfg.batch_targets, cfg.seed)
+    batcher = WholeGraphBatcher.for_model(
+        ds, base, cfg.batch_targets, cfg.seed, context_nodes=cfg.context_nodes
+    )
     return batcher, dataclasses.replace(base, datasets=(batcher.spec,))
 
 
@@ -285,11 +312,14 @@ def finetune(
         lambda params, batch: jnp.argmax(model.apply({"params": params}, batch)["logits"], -1)
     )
 
-    def accuracy(params, mask: np.ndarray, seed) -> float:
+    batch_of = batcher.batch if cfg.context_nodes is None else batcher.batch_around
+
+    def accuracy(params, mask: np.ndarray, seed, whole: bool = False) -> float:
         nodes = np.flatnonzero(mask & (y >= 0))
         hits = 0
         for s in range(0, len(nodes), cfg.batch_targets):
-            batch, ids = batcher.batch(nodes[s : s + cfg.batch_targets], [seed, s])
+            make = batcher.batch if whole else batch_of
+            batch, ids = make(nodes[s : s + cfg.batch_targets], [seed, s])
             pred = np.asarray(predict(params, batch))[np.asarray(batch.target_mask)]
             hits += int((pred == y[ids]).sum())
         return hits / max(len(nodes), 1)
@@ -311,7 +341,7 @@ def finetune(
         train_nodes = np.flatnonzero(split.train & (y >= 0))
         if len(train_nodes) == 0:
             raise ValueError(f"{ds.name} split {split_index}: no labelled training node")
-        example, _ = batcher.batch(train_nodes[:1], 0)
+        example, _ = batch_of(train_nodes[:1], 0)
         fresh = jax.jit(lambda k, b: model.init(k, b)["params"])(init_key, example)
         params, _ = transplant_pretrained(fresh, pretrained, cfg.checkpoint)
         params = scale_new_feature_mlp(params, cfg.feature_init_gain)
@@ -319,7 +349,7 @@ def finetune(
         def epoch_batches(epoch):
             order = np.random.default_rng([cfg.seed, split_index, epoch]).permutation(train_nodes)
             for s in range(0, len(order), cfg.batch_targets):
-                yield batcher.batch(order[s : s + cfg.batch_targets], [cfg.seed, epoch, s])[0]
+                yield batch_of(order[s : s + cfg.batch_targets], [cfg.seed, epoch, s])[0]
 
         micro = -(-len(train_nodes) // cfg.batch_targets)
         data = EpochBatches(epoch_batches, micro)
@@ -392,6 +422,11 @@ def finetune(
             "test_accuracy": accuracy(fitted.best_params, split.test, 2),
             "best_epoch": select.best_epoch,
             "preempted": fitted.preempted,
+            **(
+                {"test_accuracy_whole_graph": accuracy(fitted.best_params, split.test, 2, True)}
+                if cfg.test_on_whole_graph
+                else {}
+            ),
         }
 
     workdir = None if cfg.workdir is None else Path(cfg.workdir)
@@ -403,12 +438,20 @@ def finetune(
     )
     preempted = any(r.get("preempted") for r in per_split)
     tests = np.array([r["test_accuracy"] for r in per_split])
+    whole = {}
+    if cfg.test_on_whole_graph and per_split:
+        w = np.array([r["test_accuracy_whole_graph"] for r in per_split])
+        whole = {
+            "test_accuracy_whole_graph_mean": float(w.mean()),
+            "test_accuracy_whole_graph_std": float(w.std()),
+        }
     return {
         "dataset": ds.name,
         "mode": cfg.mode,
         "checkpoint": str(cfg.checkpoint),
         "test_accuracy_mean": float(tests.mean()),
         "test_accuracy_std": float(tests.std()),
+        **whole,
         "per_split": per_split,
         "preempted": preempted,
         "config": dataclasses.asdict(cfg),

@@ -144,8 +144,57 @@ def test_input_dropout_is_inverted_and_keyed():
         (dict(feature_init_gain=0.0), "feature_init_gain"),
         (dict(input_dropout=1.0), "input_dropout"),
         (dict(input_dropout=-0.1), "input_dropout"),
+        (dict(context_nodes=0), "context_nodes must be None or an int >= 1"),
+        (dict(context_nodes=4), "context_nodes=4 must be >= batch_targets=8"),
+        (dict(test_on_whole_graph=True), "test_on_whole_graph needs context_nodes"),
     ],
 )
 def test_bad_feature_settings_are_named(kw, word):
     with pytest.raises(ValueError, match=word):
         _cfg(**kw)
+
+
+def test_subgraph_context_trains_every_target_once_per_epoch_in_small_batches(
+    tmp_path, monkeypatch
+):
+    # fit is stubbed (a real run compiles for a minute on 2 shared cores): it reads one epoch of
+    # the batches finetune would train on, then stops
+    import jaxfm.data.registry as registry
+    import jaxfm.train.graphfm_finetune as ft
+    from tests.train.test_finetune_progress import _Stop, _tiny_model_dir
+
+    ds = _graph(n=700, f=6)  # train = the first 24 of a permutation: make it bigger
+    train = np.zeros(700, bool)
+    train[:420] = True
+    ds = dataclasses.replace(ds, splits=(Split(train, ~train, ~train),))
+    monkeypatch.setattr(registry, "load_dataset", lambda *a, **k: ds)
+    seen = {}
+
+    def fake_fit(state, train_step, data, **kw):
+        seen["batches"] = list(data.make_epoch(0))
+        seen["spe"] = data.steps_per_epoch
+        raise _Stop
+
+    monkeypatch.setattr(ft, "fit", fake_fit)
+    cfg = ft.FinetuneConfig(
+        checkpoint=_tiny_model_dir(tmp_path / "m"), dataset="d", splits=[0], epochs=2,
+        batch_targets=64, context_nodes=200, workdir=None,
+    )  # fmt: skip
+    with pytest.raises(_Stop):
+        ft.finetune(cfg, progress=False)
+    batches = seen["batches"]
+    assert seen["spe"] == len(batches) == 420 // 64 + 1
+    decoded = []
+    for b in batches:
+        assert b.features.shape == (256, 6)  # the context's rows, not the graph's 768
+        real = np.asarray(b.segment_ids) > 0
+        assert 64 <= real.sum() <= 200 or b is batches[-1]
+        rows = np.asarray(b.target_index)[np.asarray(b.target_mask)]
+        assert np.asarray(b.target_loss_mask)[np.asarray(b.target_mask)].all()
+        decoded.append(np.asarray(b.features)[rows])
+    # every training node is decoded exactly once per epoch, with its own feature row
+    got = np.concatenate(decoded)
+    want = ds.x[:420]
+    assert got.shape == want.shape
+    order = lambda a: a[np.lexsort(a.T[::-1])]
+    np.testing.assert_array_equal(order(got), order(want))
