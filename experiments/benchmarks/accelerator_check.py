@@ -144,7 +144,7 @@ def _corpus(sizes: Sizes, base):
                         node_budget=sizes.nodes, seed=0)  # fmt: skip
 
 
-def _model_flops(model, params, batch, cfg) -> float:
+def model_flops(model, params, batch, cfg) -> float:
     """Forward FLOPs from XLA's cost analysis (XLA attention lowering), minus masked waste."""
     attn = importlib.import_module("jaxfm.ops.attention")
     real_backend = attn._backend
@@ -220,7 +220,7 @@ def graphfm_rows(table: Table, sizes: Sizes, peak: float, dtype: str) -> None:
         dev_s = float(np.median(times))
         host_s = float(np.median(host[1:]))
         rows = float(np.mean([np.sum(np.asarray(b.segment_ids) > 0) for b in batches[1:]]))
-        flops = _model_flops(model, jax.tree.map(lambda x: x, state[0]), batches[1], cfg)
+        flops = model_flops(model, jax.tree.map(lambda x: x, state[0]), batches[1], cfg)
         label = (
             f"{name}{' (1 block)' if sizes.shrink else ''} T={sizes.nodes} G={sizes.graphs} {dtype}"
         )
