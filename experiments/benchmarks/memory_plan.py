@@ -180,8 +180,6 @@ def memory_plan(
             f"memory_plan: fit_targets must be in [0, target_budget={pretrain.target_budget}), "
             f"got {fit_targets}"
         )
-    if pretrain.neighbors != graphfm_config().num_neighbors:
-        raise ValueError("memory_plan: PretrainConfig.neighbors must equal the model's")
     out = {
         "budget": {
             "node_rows": pretrain.node_budget,
@@ -202,7 +200,7 @@ def memory_plan(
         "activations": {},
     }
     for name in configs:
-        base = graphfm_config(name)
+        base = graphfm_config(name, num_neighbors=pretrain.neighbors)
         specs = _dataset_table(datasets, classes, base.feature_dim)
         acts = {}
         for dtype in ("float32", "bfloat16"):

@@ -75,7 +75,9 @@ class PretrainConfig:
         (default: equal to it), so buckets per step = devices x accum (paper C.1).
       mesh: device mesh shape, e.g. ``"data=4,fsdp=2"`` (:func:`jaxfm.train.sharding.parse_mesh`;
         default: every device on ``fsdp``).
-      node_budget, graph_budget, target_budget, neighbors: static packing budgets per bucket.
+      node_budget, graph_budget, target_budget: static packing budgets per bucket.
+      neighbors: m, sampled neighbours per target in the node decoder's sequence (the model's
+        ``num_neighbors``; a ``model_overrides["num_neighbors"]`` must agree with it).
       optimizer: LAMB with linear warmup then cosine decay by default.
       dataset_lr_scaling: scale the per-dataset MLP/head updates of rarely-seen datasets up
         (appendix A.2), capped at ``max_lr_scale``.
@@ -163,6 +165,15 @@ class PretrainConfig:
             raise ValueError("PretrainConfig.max_lr_scale must be >= 1")
         if self.devices is not None and self.devices < 1:
             raise ValueError(f"PretrainConfig.devices must be >= 1, got {self.devices}")
+        m = self.neighbors
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            raise ValueError(f"PretrainConfig.neighbors must be an int >= 0, got {m!r}")
+        m = self.model_overrides.get("num_neighbors", self.neighbors)
+        if m != self.neighbors:
+            raise ValueError(
+                f"PretrainConfig: model_overrides num_neighbors={m!r} disagrees with "
+                f"neighbors={self.neighbors}; set neighbors only"
+            )
         if self.pe_cache_dir is not None and not str(self.pe_cache_dir).strip():
             raise ValueError("PretrainConfig.pe_cache_dir must be a folder, 'auto' or 'off'")
 
@@ -380,7 +391,7 @@ def pretrain(
     t_start = time.perf_counter()
 
     datasets = build_pretraining_corpus(cfg, log=say)
-    base = graphfm_config(cfg.model, **cfg.model_overrides)
+    base = graphfm_config(cfg.model, **{**cfg.model_overrides, "num_neighbors": cfg.neighbors})
     corpus = build_corpus(
         datasets,
         feature_dim=base.feature_dim,

@@ -266,7 +266,7 @@ def test_graphfm_embed_writes_a_readable_file(tmp_path, fixtures_dir, capsys):
         decoder_heads=2, pe_dim=4, pe_width=4, signnet_hidden=8, feature_dim=16, num_neighbors=3,
     )  # fmt: skip
     cfg = PretrainConfig(
-        model_overrides=tiny, synthetic_graphs=2, synthetic_nodes=(30, 60), steps=1,
+        model_overrides=tiny, neighbors=3, synthetic_graphs=2, synthetic_nodes=(30, 60), steps=1,
         node_budget=256, graph_budget=4, target_budget=32, workdir=str(tmp_path / "run"),
         optimizer=OptimizerConfig(name="lamb", learning_rate=3e-3, schedule="constant"),
     )  # fmt: skip

@@ -43,6 +43,7 @@ def pretrain_cfg(workdir: str, steps: int = 6):
 
     return PretrainConfig(
         model_overrides=TINY_GRAPHFM,
+        neighbors=TINY_GRAPHFM["num_neighbors"],
         synthetic_graphs=4,
         synthetic_nodes=(30, 90),
         steps=steps,

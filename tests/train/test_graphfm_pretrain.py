@@ -23,6 +23,7 @@ TINY = dict(
 def _cfg(workdir, steps=4, **kw):
     return PretrainConfig(
         model_overrides=TINY,
+        neighbors=TINY["num_neighbors"],
         synthetic_graphs=4,
         synthetic_nodes=(30, 90),
         steps=steps,
@@ -138,3 +139,15 @@ def test_held_out_corpus_targets_validation_nodes_only():
     for g, h in zip(corpus.graphs, held.graphs, strict=True):
         np.testing.assert_array_equal(h.split.train, g.split.val)
         assert not (h.split.train & g.split.train).any() and h.split.train.any()
+
+
+def test_neighbors_sets_the_models_decoder_neighbours_and_a_conflict_is_refused(tmp_path):
+    tiny = {k: v for k, v in TINY.items() if k != "num_neighbors"}
+    cfg = dataclasses.replace(_cfg(tmp_path, steps=1), model_overrides=tiny, neighbors=5)
+    _run(cfg)
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert saved["graphfm"]["num_neighbors"] == 5
+    with pytest.raises(ValueError, match="num_neighbors=5 disagrees with neighbors=3"):
+        PretrainConfig(synthetic_graphs=2, neighbors=3, model_overrides={"num_neighbors": 5})
+    with pytest.raises(ValueError, match="neighbors must be an int >= 0"):
+        PretrainConfig(synthetic_graphs=2, neighbors=-1)
