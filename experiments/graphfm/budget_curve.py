@@ -58,6 +58,38 @@ def pretrain_config(args, steps: int, workdir: Path):
     )
 
 
+def mft_row(model_dir: Path, name: str, splits: list[int], epochs: int) -> dict:
+    """MFT with the library's defaults from ``model_dir`` on evaluation graph ``name``
+    (``evaluate.py``'s batch size: at least 8 steps an epoch, 128 to 2,048 targets)."""
+    from jaxfm.data.registry import load_dataset
+    from jaxfm.train.graphfm_finetune import FinetuneConfig, finetune
+
+    path = SHARED / EVAL[name]
+    t = time.perf_counter()
+    ds = load_dataset(path)
+    n_train = int(ds.splits[0].train.sum()) if ds.splits else int(0.6 * ds.num_nodes)
+    r = finetune(
+        FinetuneConfig(
+            workdir=None,
+            mode="mft",
+            checkpoint=str(model_dir),
+            dataset=str(path),
+            splits=splits,
+            num_random_splits=3,
+            epochs=epochs,
+            batch_targets=int(min(2048, max(128, n_train // 8))),
+        ),
+        progress=False,
+    )
+    return {
+        "dataset": name,
+        "test_accuracy_mean": r["test_accuracy_mean"],
+        "test_accuracy_std": r["test_accuracy_std"],
+        "per_split": r["per_split"],
+        "mft_seconds": round(time.perf_counter() - t, 1),
+    }
+
+
 def write_table(out: Path, results: dict, meta: dict) -> None:
     """``results.md`` and ``budget_curve.png`` from ``results.json``'s rows."""
     budgets = sorted({r["budget_epochs"] for r in results.values()})
@@ -127,7 +159,6 @@ def main(argv=None) -> int:
     if not SHARED.is_dir():
         print(f"{SHARED} is absent: this experiment needs ../shared/datasets", file=sys.stderr)
         return 1
-    from jaxfm.train.graphfm_finetune import FinetuneConfig, finetune
     from jaxfm.train.graphfm_pretrain import pretrain
 
     workdir = Path(args.workdir)
@@ -180,35 +211,13 @@ def main(argv=None) -> int:
                 return 128 + int(summary.get("signal") or 15)
             print(f"budget {b}: {steps} steps in {time.perf_counter() - t:.0f} s", flush=True)
         for g in todo:
-            path = SHARED / EVAL[g]
-            t = time.perf_counter()
-            from jaxfm.data.registry import load_dataset
-
-            ds = load_dataset(path)
-            n_train = int(ds.splits[0].train.sum()) if ds.splits else int(0.6 * ds.num_nodes)
-            r = finetune(
-                FinetuneConfig(
-                    workdir=None,
-                    mode="mft",
-                    checkpoint=str(run_dir / "model"),
-                    dataset=str(path),
-                    splits=splits,
-                    num_random_splits=3,
-                    epochs=args.mft_epochs,
-                    batch_targets=int(min(2048, max(128, n_train // 8))),
-                ),
-                progress=False,
-            )
             results[f"{b}/{g}"] = {
                 "budget_epochs": budget,
                 "pretrain_steps": steps,
-                "dataset": g,
-                "test_accuracy_mean": r["test_accuracy_mean"],
-                "test_accuracy_std": r["test_accuracy_std"],
-                "per_split": r["per_split"],
-                "mft_seconds": round(time.perf_counter() - t, 1),
+                **mft_row(run_dir / "model", g, splits, args.mft_epochs),
             }
             save()
+            r = results[f"{b}/{g}"]
             print(
                 f"budget {b} {g}: {100 * r['test_accuracy_mean']:.2f} ± "
                 f"{100 * r['test_accuracy_std']:.2f}",

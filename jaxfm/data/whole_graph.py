@@ -105,11 +105,12 @@ class WholeGraphBatcher:
     def batch_around(self, nodes: np.ndarray, seed, *, dataset: int = 0, num_datasets: int = 1):
         """``(batch, node_ids)``: targets = ``nodes``, context = the subgraph they reach.
 
-        The context is the subgraph induced by the nodes that ``walk_length``-step uniform random
-        walks from every target visit (GraphSAINT's random-walk sampler with the targets as
-        roots, as pretraining cuts big graphs); when that exceeds ``context_nodes`` the targets
-        are kept and the other visited nodes are subsampled. Walks and subsampling are a pure
-        function of ``seed``. Targets whose walks leave through no edge still see their own row.
+        As pretraining treats its graphs: a graph of at most ``context_nodes`` nodes is its own
+        context (the batch equals :meth:`batch`'s). In a bigger one the context is the subgraph
+        induced by the nodes that ``walk_length``-step uniform random walks from every target
+        visit (GraphSAINT's random-walk sampler with the targets as roots, as pretraining cuts
+        big graphs); when that exceeds ``context_nodes`` the targets are kept and the other
+        visited nodes are subsampled. Walks and subsampling are a pure function of ``seed``.
         """
         if self.context_nodes is None:
             raise ValueError("batch_around needs a WholeGraphBatcher built with context_nodes")
@@ -118,6 +119,8 @@ class WholeGraphBatcher:
             raise ValueError(
                 f"batch_around: {nodes.size} targets exceed the target budget {self.budget.targets}"
             )
+        if self.unit.num_nodes <= self.context_nodes:
+            return self.batch(nodes, seed, dataset=dataset, num_datasets=num_datasets)
         rng = np.random.default_rng([*_entropy(seed), 0xC07])  # not pack_bucket's stream
         graph = self.corpus.graphs[0]
         reached = random_walk_nodes(graph.indptr, graph.indices, nodes, self.walk_length, rng)

@@ -87,10 +87,10 @@ class FinetuneConfig:
         than lecun init, so that the node's own token is not drowned by what the frozen decoder
         adds at its position (1: plain init).
       input_dropout: dropout on the input feature rows during training (0: none).
-      context_nodes: None encodes the whole graph at every step; an int encodes only the
-        subgraph reached by 2-step random walks from the step's targets, at most this many nodes
-        (GraphSAINT's sampler with the targets as roots: pretraining's context for big graphs).
-        Must be >= ``batch_targets``.
+      context_nodes: None encodes the whole graph at every step; an int encodes a graph with
+        more nodes than this as the subgraph reached by 2-step random walks from the step's
+        targets, at most this many nodes (GraphSAINT's sampler with the targets as roots), and a
+        smaller graph whole: pretraining's rule for its units. Must be >= ``batch_targets``.
       test_on_whole_graph: with ``context_nodes``, also measure each split's test accuracy with
         the whole graph as context (``test_accuracy_whole_graph``; ``test_accuracy`` keeps the
         training context, in which validation selected the epoch).

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -113,3 +115,16 @@ def test_bad_settings_are_refused_with_the_argument_named():
         whole.batch_around(np.arange(4), 0)
     with pytest.raises(ValueError, match="17 targets exceed the target budget 16"):
         _batcher(ds).batch_around(np.arange(17), 0)
+
+
+def test_a_graph_within_the_context_budget_is_its_own_context():
+    ds = _graph(n=300)
+    b = _batcher(ds, context=300, targets=16)  # as pretraining keeps graphs <= max_unit_nodes whole
+    t = np.arange(16) * 5
+    around, ids_a = b.batch_around(t, [4, 2])
+    whole, ids_w = b.batch(t, [4, 2])
+    for f in dataclasses.fields(whole):
+        np.testing.assert_array_equal(
+            np.asarray(getattr(around, f.name)), np.asarray(getattr(whole, f.name)), f.name
+        )
+    np.testing.assert_array_equal(ids_a, ids_w)
