@@ -60,7 +60,8 @@ def pretrain_config(args, steps: int, workdir: Path):
 
 def mft_row(model_dir: Path, name: str, splits: list[int], epochs: int) -> dict:
     """MFT with the library's defaults from ``model_dir`` on evaluation graph ``name``
-    (``evaluate.py``'s batch size: at least 8 steps an epoch, 128 to 2,048 targets)."""
+    (``evaluate.py``'s batch size: at least 8 steps an epoch, 128 to 2,048 targets), the whole
+    graph encoded at every step as when the curve's first points were measured."""
     from jaxfm.data.registry import load_dataset
     from jaxfm.train.graphfm_finetune import FinetuneConfig, finetune
 
@@ -78,6 +79,7 @@ def mft_row(model_dir: Path, name: str, splits: list[int], epochs: int) -> dict:
             num_random_splits=3,
             epochs=epochs,
             batch_targets=int(min(2048, max(128, n_train // 8))),
+            context_nodes=None,
         ),
         progress=False,
     )

@@ -93,10 +93,14 @@ def write_table(out: Path, results: dict) -> None:
         def sec(r, runs=runs):
             return "-" if r is None else f"{r['seconds'] / runs:.1f}"
 
+        mark = " †" if w is not None and "source" in w else ""
         lines.append(
-            f"| {name} | {len(splits)} × {epochs} | {acc(w)} | {sec(w)} | {acc(s)} | "
+            f"| {name} | {len(splits)} × {epochs} | {acc(w)}{mark} | {sec(w)}{mark} | {acc(s)} | "
             f"{acc(s, 'test_accuracy_whole_graph')} | {sec(s)} | {PAPER[name]['MFT']} |"
         )
+    sources = sorted({r["source"] for r in results.values() if "source" in r})
+    if sources:
+        lines += ["", f"† from {', '.join(sources)} (same checkpoint and protocol; its wall time)."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
@@ -104,6 +108,30 @@ def results_meta(results: dict) -> str:
     for r in results.values():
         return r["checkpoint"]
     return "?"
+
+
+def import_whole_rows(results: dict, path: Path, checkpoint: str) -> None:
+    """``whole`` rows from ``evaluate.py``'s ``results.json`` where this run has none; refused
+    unless that run used the same checkpoint and this script's protocol."""
+    saved = json.loads(path.read_text())
+    for name, by_model in saved["results"].items():
+        mft = by_model.get("MFT")
+        if mft is None or f"{name}/whole" in results or name not in PROTOCOL:
+            continue
+        splits, epochs = PROTOCOL[name]
+        same = (
+            Path(mft["checkpoint"]).resolve() == Path(checkpoint).resolve()
+            or (REPO / mft["checkpoint"]).resolve() == Path(checkpoint).resolve()
+        )
+        protocol = (by_model["settings"]["splits"], mft["config"]["epochs"])
+        if not same or protocol != (splits, epochs):
+            raise SystemExit(f"{path}: {name} ran another checkpoint or protocol than this script")
+        results[f"{name}/whole"] = {
+            **{k: mft[k] for k in ("test_accuracy_mean", "test_accuracy_std", "per_split")},
+            "seconds": saved["timings"][f"{name}_mft_s"],
+            "checkpoint": mft["checkpoint"],
+            "source": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
+        }
 
 
 def time_one_epoch(args) -> int:
@@ -130,6 +158,11 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", default="Squirrel,Computers,Chameleon,Actor,Cornell,Physics")
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--workdir", default=str(REPO / "runs" / "finetune_context"))
+    ap.add_argument(
+        "--whole-from",
+        help="an evaluate.py results.json of the same checkpoint and protocol whose MFT rows stand "
+        "in for `whole` rows not run here (marked with their source)",
+    )
     ap.add_argument("--update-results", action="store_true")
     ap.add_argument("--time-only", action="store_true", help="time an epoch per row; write nothing")
     args = ap.parse_args(argv)
@@ -150,6 +183,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
+    if args.whole_from:
+        import_whole_rows(results, Path(args.whole_from), args.checkpoint)
     for name in args.datasets.split(","):
         splits, epochs = PROTOCOL[name]
         ds = None
