@@ -250,3 +250,17 @@ def test_doc_parses_attributes_by_indentation():
     assert _doc(C, "b") == "shared text over: two lines."
     assert _doc(C, "c") == "last." and _doc(C, "d") == "" and _doc(C, "over") == ""
     assert _doc(First, "steps") == "optimizer steps."
+
+
+def test_an_optional_int_flag_takes_none_and_rejects_words():
+    from jaxfm.cli.graphfm import _finetune_config
+
+    base = ["finetune", "--model-dir", "m", "--data", "d.npz"]
+    cfg, _ = _finetune_config(_parser().parse_args(base))
+    assert cfg.context_nodes == 1024  # the config's default
+    cfg, _ = _finetune_config(_parser().parse_args([*base, "--context-nodes", "None"]))
+    assert cfg.context_nodes is None
+    cfg, _ = _finetune_config(_parser().parse_args([*base, "--context-nodes", "2048"]))
+    assert cfg.context_nodes == 2048
+    with pytest.raises(SystemExit):
+        _parser().parse_args([*base, "--context-nodes", "many"])

@@ -188,6 +188,7 @@ def main(argv=None) -> int:
                     num_random_splits=3,
                     epochs=epochs,
                     batch_targets=batch_targets,
+                    context_nodes=None,  # the whole graph, as the committed tables were measured
                     learning_rate=args.lr,
                     unfreeze_start=max(epochs // 3, 1),
                     unfreeze_every=max(epochs // 6, 1),

@@ -56,7 +56,9 @@ def config(row: str, name: str, ds, args, *, epochs: int, splits: list[int]):
         splits=splits, num_random_splits=3, epochs=epochs,
     )  # fmt: skip
     if row == "whole":
-        return FinetuneConfig(**common, batch_targets=evaluate_batch_targets(ds))
+        return FinetuneConfig(
+            **common, batch_targets=evaluate_batch_targets(ds), context_nodes=None
+        )
     return FinetuneConfig(
         **common,
         batch_targets=CONTEXT_TARGETS,

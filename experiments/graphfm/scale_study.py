@@ -160,6 +160,7 @@ def main(argv=None) -> int:
                         num_random_splits=len(splits),
                         epochs=args.epochs,
                         batch_targets=args.batch_targets,
+                        context_nodes=None,  # the whole graph, as the committed table was measured
                         learning_rate=3e-3,
                     )
                 )

@@ -96,6 +96,7 @@ def main(argv=None) -> int:
                     num_random_splits=1,
                     epochs=max(2, round(epochs * c["epochs"])),
                     batch_targets=max(32, round(base_targets * c["batch_targets"])),
+                    context_nodes=None,  # the whole graph, as the committed table was measured
                     learning_rate=c["learning_rate"],
                     weight_decay=c["weight_decay"],
                 ),

@@ -153,11 +153,23 @@ def add_field(parser, cls, path: str, *flags: str, **kwargs) -> None:
         kwargs.setdefault("nargs", "+")
         kwargs.setdefault("type", elem)
         default = list(default) if default is not None else None
+    elif optional and tp in (int, float):  # "none" gives None (e.g. --context-nodes none)
+        kwargs.setdefault("type", _or_none(tp))
+        help_text += " ('none': None)"
     elif tp in (int, float, str):
         kwargs.setdefault("type", tp)
     kwargs.setdefault("metavar", name.upper())
     parser.add_argument(*flags, dest=dest, default=default, help=help_text, **kwargs)
-    del optional
+
+
+def _or_none(tp):
+    """An argparse type: ``tp(text)``, or None for ``none`` (any case)."""
+
+    def parse(text: str):
+        return None if text.strip().lower() == "none" else tp(text)
+
+    parse.__name__ = tp.__name__  # argparse names it in "invalid int value: 'x'"
+    return parse
 
 
 def config_kwargs(args: argparse.Namespace, cls, paths: list[str]) -> dict:

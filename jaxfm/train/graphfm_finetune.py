@@ -7,11 +7,13 @@ epoch ``E0`` on, every ``dE`` epochs one more decoder layer becomes trainable an
 rate is divided by 1.5. Which parameters train in each phase is a list of parameter-path regexes
 (:func:`unfreeze_epochs` and :func:`jaxfm.train.optim.make_optimizer`), not code branches.
 
-Each step encodes, in one graph slot, either the whole graph (``context_nodes=None``; GraphFM's
-encoder is O(N K)) or the subgraph that short random walks from the step's targets reach
-(``context_nodes``: pretraining's GraphSAINT context, at a cost per step independent of N); the
-node decoder runs on the step's training targets. Evaluation decodes every node of a split, in
-the training context (and, with ``test_on_whole_graph``, the test split also in the whole graph).
+Each step encodes, in one graph slot, the context of its targets and decodes the targets. As in
+pretraining, a graph of at most ``context_nodes`` nodes is its own context and a bigger one is
+cut: the context is the subgraph that short random walks from the step's targets reach (the
+GraphSAINT sampler with the targets as roots), so a step costs the same on any graph size.
+``context_nodes=None`` encodes the whole graph at every step (GraphFM's encoder is O(N K)).
+Evaluation decodes every node of a split in the training context (and, with
+``test_on_whole_graph``, the test split also with the whole graph as context).
 
 The new graph's feature MLP is not bound to the pretraining corpus, and three of its settings
 decide whether the frozen trunk keeps the node's own features (measured in experiments/README.md,
@@ -75,7 +77,7 @@ class FinetuneConfig:
       num_random_splits: how many seeded random 60/20/20 train/val/test splits to make when the
         dataset has no public splits (ignored when it has them).
       epochs: passes over the training nodes; model selection on validation accuracy.
-      batch_targets: training nodes decoded per step.
+      batch_targets: training nodes decoded per step (256: pretraining's targets per bucket).
       learning_rate, weight_decay: AdamW, the same for every dataset (paper: fixed).
       unfreeze_start, unfreeze_every: NFT's E0 and dE (epochs); NFT needs
         ``unfreeze_start < epochs`` (else it would never unfreeze and equal MFT).
@@ -87,10 +89,12 @@ class FinetuneConfig:
         than lecun init, so that the node's own token is not drowned by what the frozen decoder
         adds at its position (1: plain init).
       input_dropout: dropout on the input feature rows during training (0: none).
-      context_nodes: None encodes the whole graph at every step; an int encodes a graph with
-        more nodes than this as the subgraph reached by 2-step random walks from the step's
-        targets, at most this many nodes (GraphSAINT's sampler with the targets as roots), and a
-        smaller graph whole: pretraining's rule for its units. Must be >= ``batch_targets``.
+      context_nodes: a graph with more nodes than this is encoded, at each step, as the
+        subgraph that 2-step random walks from the step's targets reach, at most this many nodes
+        (GraphSAINT's sampler with the targets as roots), and a smaller graph whole:
+        pretraining's rule for its units (1,024 = ``node_budget // 2``). None encodes the whole
+        graph at every step (slower on big graphs; Amazon-Computers MFT 76.8 against 84.7,
+        experiments/README.md). Must be >= ``batch_targets``.
       test_on_whole_graph: with ``context_nodes``, also measure each split's test accuracy with
         the whole graph as context (``test_accuracy_whole_graph``; ``test_accuracy`` keeps the
         training context, in which validation selected the epoch).
@@ -105,7 +109,7 @@ class FinetuneConfig:
     splits: list[int] | None = None
     num_random_splits: int = 5
     epochs: int = 60
-    batch_targets: int = 512
+    batch_targets: int = 256
     learning_rate: float = 3e-3
     weight_decay: float = 1e-2
     unfreeze_start: int = 20
@@ -115,7 +119,7 @@ class FinetuneConfig:
     feature_hidden: int | None = 64
     feature_init_gain: float = 10.0
     input_dropout: float = 0.5
-    context_nodes: int | None = None
+    context_nodes: int | None = 1024
     test_on_whole_graph: bool = False
     seed: int = 0
     workdir: str | None = "runs/finetune"

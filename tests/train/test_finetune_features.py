@@ -146,7 +146,7 @@ def test_input_dropout_is_inverted_and_keyed():
         (dict(input_dropout=-0.1), "input_dropout"),
         (dict(context_nodes=0), "context_nodes must be None or an int >= 1"),
         (dict(context_nodes=4), "context_nodes=4 must be >= batch_targets=8"),
-        (dict(test_on_whole_graph=True), "test_on_whole_graph needs context_nodes"),
+        (dict(test_on_whole_graph=True, context_nodes=None), "test_on_whole_graph needs"),
     ],
 )
 def test_bad_feature_settings_are_named(kw, word):
