@@ -70,8 +70,9 @@ def config(row: str, name: str, ds, args, *, epochs: int, splits: list[int]):
 def write_table(out: Path, results: dict) -> None:
     lines = [
         f"MFT from `{results_meta(results)}`; `whole`: the whole graph encoded at every step "
-        f"(library default); `subgraph`: {CONTEXT_TARGETS} targets per step in the subgraph their "
-        f"2-step random walks reach, at most {CONTEXT_NODES} nodes (pretraining's context). "
+        f"(`--context-nodes none`, the default before); `subgraph`: {CONTEXT_TARGETS} targets per "
+        f"step in the subgraph their 2-step random walks reach, at most {CONTEXT_NODES} nodes "
+        "(pretraining's context; the library default now, which encodes Cornell whole). "
         "Test accuracy (%), mean ± std over splits; s/epoch = MFT wall time / epochs (training "
         "and per-epoch validation).",
         "",
