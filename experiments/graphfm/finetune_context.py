@@ -188,6 +188,7 @@ def main(argv=None) -> int:
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
     if args.whole_from:
         import_whole_rows(results, Path(args.whole_from), args.checkpoint)
+        res_path.write_text(json.dumps(results, indent=1))
     for name in args.datasets.split(","):
         splits, epochs = PROTOCOL[name]
         ds = None
