@@ -100,7 +100,8 @@ def write_table(out: Path, results: dict, meta: dict) -> None:
         f"`small` pretrained on `{meta['corpus']}` ({meta['datasets']} datasets, "
         f"{meta['nodes']:,} nodes, {meta['train_nodes']:,} training nodes; "
         f"{meta['steps_per_epoch']} steps of {meta['target_budget']} targets = one epoch), "
-        f"then MFT with the library defaults ({meta['mft']}).",
+        f"then MFT with the library defaults, the whole graph encoded at every step "
+        f"({meta['mft']}).",
         "",
         "| graph | " + " | ".join(f"{b:g} ep." for b in budgets) + " | paper MFT |",
         "|---|" + "---|" * (len(budgets) + 1),

@@ -57,11 +57,12 @@ def config(row: str, name: str, ds, args, *, epochs: int, splits: list[int]):
     )  # fmt: skip
     if row == "whole":
         return FinetuneConfig(
-            **common, batch_targets=evaluate_batch_targets(ds), context_nodes=None
-        )
+            **common, batch_targets=args.batch_targets or evaluate_batch_targets(ds),
+            context_nodes=None,
+        )  # fmt: skip
     return FinetuneConfig(
         **common,
-        batch_targets=CONTEXT_TARGETS,
+        batch_targets=args.batch_targets or CONTEXT_TARGETS,
         context_nodes=CONTEXT_NODES,
         test_on_whole_graph=True,
     )
@@ -165,6 +166,11 @@ def main(argv=None) -> int:
         "--whole-from",
         help="an evaluate.py results.json of the same checkpoint and protocol whose MFT rows stand "
         "in for `whole` rows not run here (marked with their source)",
+    )
+    ap.add_argument(
+        "--batch-targets",
+        type=int,
+        help="targets per step for every row (default: evaluate.py's for whole, 256 for subgraph)",
     )
     ap.add_argument("--update-results", action="store_true")
     ap.add_argument("--time-only", action="store_true", help="time an epoch per row; write nothing")
