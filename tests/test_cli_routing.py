@@ -257,9 +257,9 @@ def test_an_optional_int_flag_takes_none_and_rejects_words():
 
     base = ["finetune", "--model-dir", "m", "--data", "d.npz"]
     cfg, _ = _finetune_config(_parser().parse_args(base))
-    assert cfg.context_nodes == 1024  # the config's default
-    cfg, _ = _finetune_config(_parser().parse_args([*base, "--context-nodes", "None"]))
-    assert cfg.context_nodes is None
+    assert cfg.context_nodes is None  # the config's default
+    cfg, _ = _finetune_config(_parser().parse_args([*base, "--feature-hidden", "None"]))
+    assert cfg.feature_hidden is None  # an int default, set to None from the command line
     cfg, _ = _finetune_config(_parser().parse_args([*base, "--context-nodes", "2048"]))
     assert cfg.context_nodes == 2048
     with pytest.raises(SystemExit):

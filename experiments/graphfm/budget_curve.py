@@ -83,6 +83,8 @@ def mft_row(model_dir: Path, name: str, splits: list[int], epochs: int) -> dict:
         ),
         progress=False,
     )
+    if r["preempted"]:  # stopped by a signal: not a result (rerunning the command redoes it)
+        raise SystemExit(f"MFT on {name} from {model_dir} was stopped by a signal; rerun to finish")
     return {
         "dataset": name,
         "test_accuracy_mean": r["test_accuracy_mean"],
@@ -100,8 +102,8 @@ def write_table(out: Path, results: dict, meta: dict) -> None:
         f"`small` pretrained on `{meta['corpus']}` ({meta['datasets']} datasets, "
         f"{meta['nodes']:,} nodes, {meta['train_nodes']:,} training nodes; "
         f"{meta['steps_per_epoch']} steps of {meta['target_budget']} targets = one epoch), "
-        f"then MFT with the library defaults, the whole graph encoded at every step "
-        f"({meta['mft']}).",
+        f"then MFT (library settings with `evaluate.py`'s targets per step, the whole graph "
+        f"encoded at every step; {meta['mft']}).",
         "",
         "| graph | " + " | ".join(f"{b:g} ep." for b in budgets) + " | paper MFT |",
         "|---|" + "---|" * (len(budgets) + 1),

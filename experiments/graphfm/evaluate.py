@@ -194,6 +194,8 @@ def main(argv=None) -> int:
                     unfreeze_every=max(epochs // 6, 1),
                 )
             )
+            if res[mode.upper()]["preempted"]:  # stopped by a signal: not a result
+                raise SystemExit(f"{mode.upper()} on {name} was stopped by a signal; rerun")
             res["settings"] = {"epochs": epochs, "lr": args.lr}
             res["settings"]["splits"] = [r["split"] for r in res[mode.upper()]["per_split"]]
             timings[f"{name}_{mode}_s"] = round(time.perf_counter() - t, 1)

@@ -71,9 +71,10 @@ def config(row: str, name: str, ds, args, *, epochs: int, splits: list[int]):
 def write_table(out: Path, results: dict) -> None:
     lines = [
         f"MFT from `{results_meta(results)}`; `whole`: the whole graph encoded at every step "
-        f"(`--context-nodes none`, the default before); `subgraph`: {CONTEXT_TARGETS} targets per "
-        f"step in the subgraph their 2-step random walks reach, at most {CONTEXT_NODES} nodes "
-        "(pretraining's context; the library default now, which encodes Cornell whole). "
+        f"(the library default), `evaluate.py`'s targets per step; `subgraph`: {CONTEXT_TARGETS} "
+        f"targets per step in the subgraph their 2-step random walks reach, at most "
+        f"{CONTEXT_NODES} nodes (`--context-nodes {CONTEXT_NODES}`, pretraining's context; "
+        "Cornell is below it and stays whole). "
         "Test accuracy (%), mean ± std over splits; s/epoch = MFT wall time / epochs (training "
         "and per-epoch validation).",
         "",
@@ -205,6 +206,8 @@ def main(argv=None) -> int:
             cfg = config(row, name, ds, args, epochs=epochs, splits=splits)
             t = time.perf_counter()
             r = finetune(cfg, progress=False)
+            if r["preempted"]:  # stopped by a signal: not a result
+                raise SystemExit(f"{name} {row}: stopped by a signal; rerun to finish")
             r["seconds"] = round(time.perf_counter() - t, 1)
             r["checkpoint"] = (
                 str(Path(args.checkpoint).relative_to(REPO))

@@ -103,6 +103,8 @@ def main(argv=None) -> int:
                 ),
                 progress=False,
             )  # fmt: skip
+            if r["preempted"]:  # stopped by a signal: not a result
+                raise SystemExit(f"{key}: stopped by a signal; rerun to finish")
             results[key] = {
                 "test_accuracy_mean": r["test_accuracy_mean"],
                 "test_accuracy_std": r["test_accuracy_std"],

@@ -69,8 +69,8 @@ def write_table(out: Path, results: dict, base: dict, graphs: list[str]) -> None
         rows[variant][g] = r
     lines = [
         f"`small` on `paper-small`, {BUDGET_EPOCHS} epochs of the corpus (333 LAMB steps) per "
-        "variant, one setting changed; MFT with the library defaults (the whole graph encoded "
-        "at every step, as the budget curve), public splits 0-2 x 25 epochs. Test accuracy (%), "
+        "variant, one setting changed; MFT as in the budget curve (the whole graph encoded at "
+        "every step), public splits 0-2 x 25 epochs. Test accuracy (%), "
         "mean ± std over the splits; Δ = variant − base.",
         "",
         "| variant | what changes | pretrain s | " + " | ".join(f"{g} | Δ" for g in graphs) + " |",

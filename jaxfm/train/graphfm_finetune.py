@@ -7,11 +7,11 @@ epoch ``E0`` on, every ``dE`` epochs one more decoder layer becomes trainable an
 rate is divided by 1.5. Which parameters train in each phase is a list of parameter-path regexes
 (:func:`unfreeze_epochs` and :func:`jaxfm.train.optim.make_optimizer`), not code branches.
 
-Each step encodes, in one graph slot, the context of its targets and decodes the targets. As in
-pretraining, a graph of at most ``context_nodes`` nodes is its own context and a bigger one is
-cut: the context is the subgraph that short random walks from the step's targets reach (the
-GraphSAINT sampler with the targets as roots), so a step costs the same on any graph size.
-``context_nodes=None`` encodes the whole graph at every step (GraphFM's encoder is O(N K)).
+Each step encodes, in one graph slot, the context of its targets and decodes the targets. By
+default the context is the whole graph (GraphFM's encoder is O(N K)). With ``context_nodes``, as
+in pretraining, a graph of at most that many nodes is its own context and a bigger one is cut:
+the context is the subgraph that short random walks from the step's targets reach (the GraphSAINT
+sampler with the targets as roots), so a step costs the same on any graph size.
 Evaluation decodes every node of a split in the training context (and, with
 ``test_on_whole_graph``, the test split also with the whole graph as context).
 
@@ -89,12 +89,14 @@ class FinetuneConfig:
         than lecun init, so that the node's own token is not drowned by what the frozen decoder
         adds at its position (1: plain init).
       input_dropout: dropout on the input feature rows during training (0: none).
-      context_nodes: a graph with more nodes than this is encoded, at each step, as the
-        subgraph that 2-step random walks from the step's targets reach, at most this many nodes
-        (GraphSAINT's sampler with the targets as roots), and a smaller graph whole:
-        pretraining's rule for its units (1,024 = ``node_budget // 2``). None encodes the whole
-        graph at every step (slower on big graphs; Amazon-Computers MFT 76.8 against 84.7,
-        experiments/README.md). Must be >= ``batch_targets``.
+      context_nodes: None encodes the whole graph at every step. An int encodes a graph with
+        more nodes than this, at each step, as the subgraph that 2-step random walks from the
+        step's targets reach, at most this many nodes (GraphSAINT's sampler with the targets as
+        roots), and a smaller graph whole: pretraining's rule for its units (1,024 there). A step
+        then costs the same on any graph (Coauthor-Physics MFT 3.3x faster), at some accuracy:
+        Chameleon -2 to -4 points, Amazon-Computers and Physics unchanged
+        (experiments/README.md, "Finetuning in pretraining's context"). Must be >=
+        ``batch_targets``.
       test_on_whole_graph: with ``context_nodes``, also measure each split's test accuracy with
         the whole graph as context (``test_accuracy_whole_graph``; ``test_accuracy`` keeps the
         training context, in which validation selected the epoch).
@@ -119,7 +121,7 @@ class FinetuneConfig:
     feature_hidden: int | None = 64
     feature_init_gain: float = 10.0
     input_dropout: float = 0.5
-    context_nodes: int | None = 1024
+    context_nodes: int | None = None
     test_on_whole_graph: bool = False
     seed: int = 0
     workdir: str | None = "runs/finetune"
