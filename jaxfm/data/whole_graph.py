@@ -89,18 +89,22 @@ class WholeGraphBatcher:
         """``(batch, node_ids)``: targets = ``nodes`` (at most the target budget)."""
         mask = np.zeros(self.unit.num_nodes, bool)
         mask[nodes] = True
-        # Only the chosen nodes are labelled inside this batch, so every one of them is a target.
+        b = self._pack(self.unit, mask, self.budget, seed, dataset, num_datasets)
+        return b, np.asarray(b.target_index)[np.asarray(b.target_mask)]
+
+    def _pack(self, unit, is_target, budget, seed, dataset: int, num_datasets: int):
+        """``unit`` packed with exactly the ``is_target`` rows as targets: only they are
+        labelled inside the batch, so every one of them is a target."""
         unit = dataclasses.replace(
-            self.unit,
-            train_mask=mask,
-            labels=np.where(mask, np.maximum(self.unit.labels, 0), -1),
+            unit,
+            train_mask=is_target,
+            labels=np.where(is_target, np.maximum(unit.labels, 0), -1),
             dataset=dataset,
         )
-        b = pack_bucket(
-            [unit], self.budget, num_datasets=num_datasets, feature_dim=self.feature_dim,
+        return pack_bucket(
+            [unit], budget, num_datasets=num_datasets, feature_dim=self.feature_dim,
             pe_dim=self.pe_dim, seed=seed, check=False,
         )  # fmt: skip
-        return b, np.asarray(b.target_index)[np.asarray(b.target_mask)]
 
     def batch_around(self, nodes: np.ndarray, seed, *, dataset: int = 0, num_datasets: int = 1):
         """``(batch, node_ids)``: targets = ``nodes``, context = the subgraph they reach.
@@ -121,7 +125,7 @@ class WholeGraphBatcher:
             )
         if self.unit.num_nodes <= self.context_nodes:
             return self.batch(nodes, seed, dataset=dataset, num_datasets=num_datasets)
-        rng = np.random.default_rng([*_entropy(seed), 0xC07])  # not pack_bucket's stream
+        rng = np.random.default_rng([*np.atleast_1d(seed), 0xC07])  # not pack_bucket's stream
         graph = self.corpus.graphs[0]
         reached = random_walk_nodes(graph.indptr, graph.indices, nodes, self.walk_length, rng)
         others = np.setdiff1d(reached, nodes, assume_unique=True)
@@ -131,19 +135,5 @@ class WholeGraphBatcher:
         context = np.union1d(nodes, others)
         unit = self.corpus.materialize(Unit(0, context, int(context.size)))
         mask = np.isin(context, nodes, assume_unique=True)
-        unit = dataclasses.replace(
-            unit,
-            train_mask=mask,
-            labels=np.where(mask, np.maximum(unit.labels, 0), -1),
-            dataset=dataset,
-        )
-        b = pack_bucket(
-            [unit], self.context_budget, num_datasets=num_datasets, feature_dim=self.feature_dim,
-            pe_dim=self.pe_dim, seed=seed, check=False,
-        )  # fmt: skip
+        b = self._pack(unit, mask, self.context_budget, seed, dataset, num_datasets)
         return b, context[np.asarray(b.target_index)[np.asarray(b.target_mask)]]
-
-
-def _entropy(seed) -> list[int]:
-    """``seed`` (an int or a sequence of ints) as SeedSequence entropy."""
-    return [int(seed)] if np.isscalar(seed) else [int(s) for s in seed]
