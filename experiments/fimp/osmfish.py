@@ -77,6 +77,37 @@ def scgpt_checkpoint(choice: str, data: str, workdir: Path) -> str:
     return str(out)
 
 
+def data_options(knn: int) -> DataOptions:
+    """One split for every model (data seed 0); model seeds vary."""
+    return DataOptions(max_genes=64, knn=knn, mask_rate=0.8, seed=0)
+
+
+def run_config(task: str, model: str, seed: int, args, *, scgpt=None, overrides=None) -> RunConfig:
+    """The run of ``model`` (a FIMP model name or a baseline) on ``task`` with the settings in
+    ``args`` (``data``, ``variant``, ``epochs``, ``patience``, ``batch_size``, ``lr``, ``knn``).
+    ``overrides`` adds FIMPConfig overrides (FIMP models) to those the model name implies."""
+    fimp = model in FIMP_MODELS
+    base = {"separate_self": model in ("fimp", "fimp-scgpt")} if fimp else {}
+    return RunConfig(
+        workdir=None,  # many runs: results go to --out
+        task=task,
+        model="fimp" if fimp else model,
+        data=args.data,
+        variant=args.variant,
+        overrides={**base, **(overrides or {})},
+        data_options=dataclasses.replace(
+            data_options(args.knn), graph="none" if model == "fimp-nograph" else "knn"
+        ),
+        optimizer=OptimizerConfig(name="adamw", learning_rate=args.lr, weight_decay=1e-4),
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        seed=seed,
+        init="scgpt" if model == "fimp-scgpt" else "scratch",
+        checkpoint=scgpt if model == "fimp-scgpt" else None,
+    )
+
+
 def trivial_baseline(task: str, data: str, opts: DataOptions) -> dict:
     """Per-gene training-mean predictor (expression) or majority class (celltype)."""
     fd = prepare_fimp_data(task, data, opts)
@@ -135,8 +166,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs = _previous_runs(out, args.tasks, args.models)
     for task in args.tasks:
-        # One split for every model (data seed 0); model seeds vary.
-        opts = DataOptions(max_genes=64, knn=args.knn, mask_rate=0.8, seed=0)
+        opts = data_options(args.knn)
         for model in args.models:
             for seed in args.seeds:
                 t0 = time.perf_counter()
@@ -144,28 +174,7 @@ def main(argv=None) -> int:
                     test = trivial_baseline(task, args.data, opts)
                     val, extra = None, {}
                 else:
-                    run = RunConfig(
-                        workdir=None,  # many runs: results go to --out
-                        task=task,
-                        model="fimp" if model in FIMP_MODELS else model,
-                        data=args.data,
-                        variant=args.variant,
-                        overrides={"separate_self": model in ("fimp", "fimp-scgpt")}
-                        if model in FIMP_MODELS
-                        else {},
-                        data_options=dataclasses.replace(
-                            opts, graph="none" if model == "fimp-nograph" else "knn"
-                        ),
-                        optimizer=OptimizerConfig(
-                            name="adamw", learning_rate=args.lr, weight_decay=1e-4
-                        ),
-                        epochs=args.epochs,
-                        patience=args.patience,
-                        batch_size=args.batch_size,
-                        seed=seed,
-                        init="scgpt" if model == "fimp-scgpt" else "scratch",
-                        checkpoint=scgpt if model == "fimp-scgpt" else None,
-                    )
+                    run = run_config(task, model, seed, args, scgpt=scgpt)
                     res = train_fimp(run, log_stream=None, progress=True)
                     test, val = res["test"], res["val"]
                     extra = {

@@ -78,7 +78,9 @@ class RunConfig:
         (:class:`jaxfm.baselines.node_gnn.NodeGNN`; node tasks sample ``baseline_depth`` hops).
       data: dataset path or ``"synthetic"``.
       variant: FIMP size preset (:data:`jaxfm.fimp.config.VARIANTS`).
-      overrides: FIMPConfig field overrides (e.g. ``{"num_layers": 2}``).
+      overrides: FIMPConfig field overrides (e.g. ``{"num_layers": 2}``); the key
+        ``"tokenizer"`` holds a dict of tokenizer field overrides instead (e.g.
+        ``{"tokenizer": {"value_hidden": 64}}``), applied to the tokenizer the data implies.
       data_options: how the data becomes graphs.
       optimizer: optax optimizer settings (AdamW, lr 3e-3, weight decay 1e-4).
       epochs: maximum epochs.
@@ -346,7 +348,23 @@ def evaluate_split(predict, params, batches: _Batches, task: str) -> dict[str, f
 def build_config(run: RunConfig, data: FIMPData) -> FIMPConfig:
     """The scratch FIMP config of ``run`` for ``data`` (see :func:`pretrained_setup` for
     pretrained variants)."""
-    return fimp_config(run.variant, tokenizer=data.tokenizer, **run.overrides)
+    overrides = dict(run.overrides)
+    tokenizer = data.tokenizer
+    changes = overrides.pop("tokenizer", None)
+    if changes is not None:
+        if not isinstance(changes, dict):
+            raise ValueError(
+                f"overrides['tokenizer'] must be a dict of tokenizer fields, got {changes!r}"
+            )
+        fields = {f.name for f in dataclasses.fields(tokenizer)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise ValueError(
+                f"overrides['tokenizer']: {unknown} are not fields of "
+                f"{type(tokenizer).__name__} (expected some of {sorted(fields)})"
+            )
+        tokenizer = dataclasses.replace(tokenizer, **changes)
+    return fimp_config(run.variant, tokenizer=tokenizer, **overrides)
 
 
 def _model(run: RunConfig, cfg: FIMPConfig, data: FIMPData):

@@ -232,3 +232,21 @@ def test_plot_group_maps_writes_png_and_leaves_the_backend_alone(tmp_path):
         assert matplotlib.get_backend() == "pdf"
     finally:
         matplotlib.use(before)
+
+
+def test_tokenizer_overrides_reach_the_model_and_bad_fields_are_named():
+    from jaxfm.train.fimp import build_config
+
+    data = prepare_fimp_data("expression", "synthetic", DataOptions(num_nodes=40, seed=0))
+    run = RunConfig(task="expression", overrides={"tokenizer": {"value_hidden": 24}, "dim": 16})
+    cfg = build_config(run, data)
+    assert cfg.dim == 16 and cfg.tokenizer.value_hidden == 24
+    assert cfg.tokenizer.num_genes == data.tokenizer.num_genes  # the rest comes from the data
+    model = FIMPTaskModel(cfg, "expression")
+    nodes = {k: jnp.asarray(v[:3]) for k, v in data.graphs[0].nodes.items()}
+    params = model.init(jax.random.key(0), nodes, jnp.zeros(1, int), jnp.zeros(1, int))["params"]
+    # the value encoder is now an MLP 1 -> 24 -> D/2
+    assert params["fimp"]["tokenizer"]["value_encoder"]["fc1"]["kernel"].shape == (1, 24)
+    bad = RunConfig(task="expression", overrides={"tokenizer": {"value_hiden": 24}})
+    with pytest.raises(ValueError, match=r"value_hiden.*GeneTokenizerConfig"):
+        build_config(bad, data)
