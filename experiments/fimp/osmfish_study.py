@@ -14,6 +14,7 @@ expressed genes masked, 6-NN graph). The questions and the variants that answer 
   (the preset: D = 128, 2 hops, 4 heads, dropout 0.1);
 - tokenization: ``value_mlp`` (a 1 -> 64 -> D/2 MLP encodes each value instead of one Dense),
   ``sum_tokens`` (gene + value embeddings summed at full width, scGPT's way, not concatenated);
+  ``value_mlp_100`` (the value MLP and the 100-epoch budget together);
 - the self path: ``sharedself`` (one creator and one mean for self loops and neighbours),
   ``nograph`` (self loops only: the per-cell model);
 - COMBINE: ``no_combine_mlp`` (no MLP after the message);
@@ -54,6 +55,12 @@ VARIANTS: dict[str, tuple[str, str, dict, dict]] = {
     "layers_2": ("fimp", "2 FIMP layers (2 hops)", {"num_layers": 2}, {}),
     "small": ("fimp", "preset small: D 128, 2 hops, 4 heads, drop 0.1", {}, {"variant": "small"}),
     "value_mlp": ("fimp", "value MLP 1 -> 64 -> D/2", {"tokenizer": {"value_hidden": 64}}, {}),
+    "value_mlp_100": (
+        "fimp",
+        "value MLP and 100 epochs, patience 10",
+        {"tokenizer": {"value_hidden": 64}},
+        {"epochs": 100, "patience": 10},
+    ),
     "sum_tokens": ("fimp", "gene + value summed, width D", {"tokenizer": {"combine": "sum"}}, {}),
     "no_combine_mlp": ("fimp", "no COMBINE MLP", {"combine_mlp": False}, {}),
     "sharedself": ("fimp-sharedself", "self loops share the neighbours' creator and mean", {}, {}),
