@@ -19,7 +19,8 @@ expressed genes masked, 6-NN graph). The questions and the variants that answer 
   ``nograph`` (self loops only: the per-cell model);
 - COMBINE: ``no_combine_mlp`` (no MLP after the message);
 - the baselines at matched capacity and reach: ``mlp`` and ``sage`` (hidden 128, 2 hops, as in
-  ``osmfish.py``), ``sage_h32`` (hidden 32, FIMP tiny's width) and ``sage_d1`` (1 hop).
+  ``osmfish.py``), ``sage_h32`` (hidden 32, FIMP tiny's width), ``sage_d1`` (1 hop), and
+  ``mlp_100`` / ``sage_100`` (the 100-epoch budget).
 
 Every finished (variant, seed) row is written to ``--out/results.json`` at once (atomically) and
 skipped when the command is run again, so an interrupted study resumes where it stopped; a run
@@ -67,6 +68,8 @@ VARIANTS: dict[str, tuple[str, str, dict, dict]] = {
     "nograph": ("fimp-nograph", "self loops only (no neighbours)", {}, {}),
     "mlp": ("mlp", "baseline MLP, hidden 128", {}, {}),
     "sage": ("sage", "baseline GraphSAGE, hidden 128, 2 hops", {}, {}),
+    "mlp_100": ("mlp", "MLP, 100 epochs, patience 10", {}, {"epochs": 100, "patience": 10}),
+    "sage_100": ("sage", "GraphSAGE, 100 epochs, patience 10", {}, {"epochs": 100, "patience": 10}),
     "sage_h32": ("sage", "GraphSAGE, hidden 32", {}, {"baseline_hidden": 32}),
     "sage_d1": ("sage", "GraphSAGE, 1 hop", {}, {"baseline_depth": 1}),
 }
