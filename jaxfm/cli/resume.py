@@ -104,6 +104,8 @@ def config_from_dict(cls, d: dict[str, Any]):
 
 def _path_value(obj, path: str):
     for part in path.split("."):
+        if obj is None:  # a dict field without this key (e.g. no tokenizer overrides)
+            return None
         obj = obj.get(part) if isinstance(obj, dict) else getattr(obj, part)
     return obj
 

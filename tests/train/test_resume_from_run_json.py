@@ -42,3 +42,23 @@ def test_fimp_train_resume_with_only_workdir(tmp_path, capsys):
     again = _lines(capsys)[-1]["summary"]
     assert again["task"] == "celltype" and again["num_nodes"] == first["num_nodes"]
     assert again["test"] == first["test"]  # the finished run, read back, not a new one
+
+
+def test_fimp_train_value_hidden_flag_is_recorded_and_checked_on_resume(tmp_path, capsys):
+    w = str(tmp_path / "w")
+    base = ["fimp", "train", "--task", "expression", "--num-nodes", "60", "--epochs", "1",
+            "--batch-size", "32", "--dim", "16", "--workdir", w, "--no-progress"]  # fmt: skip
+    assert main([*base, "--value-hidden", "8"]) == 0
+    recorded = json.loads((tmp_path / "w" / "run.json").read_text())["fimp_train"]
+    assert recorded["overrides"]["tokenizer"] == {"value_hidden": 8}
+    with_mlp = _lines(capsys)[-1]["summary"]["num_params"]
+    other = [*base[:-3], "--workdir", str(tmp_path / "linear"), "--no-progress"]
+    assert main(other) == 0
+    # it reached the model: value encoder 1 -> 8 -> 8 (16 + 72 weights) instead of 1 -> 8 (16)
+    assert with_mlp - _lines(capsys)[-1]["summary"]["num_params"] == 72
+    resume = ["fimp", "train", "--resume", "--workdir", w, "--no-progress"]
+    assert main([*resume, "--value-hidden", "4"]) == 2
+    assert "--value-hidden 4 (the run has overrides.tokenizer.value_hidden=8)" in (
+        capsys.readouterr().err
+    )
+    assert main([*resume, "--value-hidden", "8"]) == 0
