@@ -122,14 +122,27 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors = plt.get_cmap("tab20").colors
+    names = [n for n in VARIANTS if any(r["variant"] == n for r in rows)]
     for r in rows:
-        ax.plot(range(1, len(r["val_r2"]) + 1), r["val_r2"], label=f"{r['variant']} s{r['seed']}")
+        i = names.index(r["variant"])
+        baseline = VARIANTS[r["variant"]][0] in ("mlp", "sage")
+        ax.plot(
+            range(1, len(r["val_r2"]) + 1),
+            r["val_r2"],
+            color=colors[i % len(colors)],
+            ls="--" if baseline else "-",
+            lw=1.2 if r["seed"] else 1.8,
+            label=f"{r['variant']} (seed {r['seed']})",
+        )
+    top = max(max(r["val_r2"]) for r in rows)
+    ax.set_ylim(0.0, top + 0.05)  # the first epochs' negative R² would flatten the rest
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation R² (masked genes)")
-    ax.set_title("FIMP variants and baselines on osmFISH masked expression")
+    ax.set_title("osmFISH masked expression: FIMP variants (solid), baselines (dashed)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
