@@ -45,20 +45,21 @@ def test_fimp_train_resume_with_only_workdir(tmp_path, capsys):
 
 
 def test_fimp_train_value_hidden_flag_is_recorded_and_checked_on_resume(tmp_path, capsys):
-    w = str(tmp_path / "w")
-    base = ["fimp", "train", "--task", "expression", "--num-nodes", "60", "--epochs", "1",
-            "--batch-size", "32", "--dim", "16", "--workdir", w, "--no-progress"]  # fmt: skip
-    assert main([*base, "--value-hidden", "8"]) == 0
+    from jaxfm.model_dir import load_model_dir
+
+    w, saved = str(tmp_path / "w"), str(tmp_path / "model")
+    argv = ["fimp", "train", "--task", "expression", "--num-nodes", "40", "--epochs", "1",
+            "--batch-size", "32", "--dim", "16", "--workdir", w, "--no-progress",
+            "--value-hidden", "8", "--save", saved]  # fmt: skip
+    assert main(argv) == 0
     recorded = json.loads((tmp_path / "w" / "run.json").read_text())["fimp_train"]
     assert recorded["overrides"]["tokenizer"] == {"value_hidden": 8}
-    with_mlp = _lines(capsys)[-1]["summary"]["num_params"]
-    other = [*base[:-3], "--workdir", str(tmp_path / "linear"), "--no-progress"]
-    assert main(other) == 0
-    # it reached the model: value encoder 1 -> 8 -> 8 (16 + 72 weights) instead of 1 -> 8 (16)
-    assert with_mlp - _lines(capsys)[-1]["summary"]["num_params"] == 72
+    params, config = load_model_dir(saved)
+    encoder = params["fimp"]["tokenizer"]["value_encoder"]  # an MLP 1 -> 8 -> D/2, not a Dense
+    assert encoder["fc1"]["kernel"].shape == (1, 8) and encoder["fc2"]["kernel"].shape == (8, 8)
+    assert config["fimp"]["tokenizer"]["value_hidden"] == 8
     resume = ["fimp", "train", "--resume", "--workdir", w, "--no-progress"]
     assert main([*resume, "--value-hidden", "4"]) == 2
     assert "--value-hidden 4 (the run has overrides.tokenizer.value_hidden=8)" in (
         capsys.readouterr().err
     )
-    assert main([*resume, "--value-hidden", "8"]) == 0
