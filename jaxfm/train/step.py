@@ -100,7 +100,10 @@ def stack_batches(batches, accum: int) -> Any:
     Micro-batch ``b`` goes to accumulation step ``b % A`` of data-parallel slot ``b // A``.
     """
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *batches)  # [D * A, ...]
-    return jax.tree.map(lambda x: np.swapaxes(x.reshape((-1, accum, *x.shape[1:])), 0, 1), stacked)
+    # The leading size is spelled out: a zero-size leaf (e.g. no decoder neighbours, ``[.., 0]``)
+    # cannot infer a -1.
+    split = lambda x: x.reshape((x.shape[0] // accum, accum, *x.shape[1:]))
+    return jax.tree.map(lambda x: np.swapaxes(split(x), 0, 1), stacked)
 
 
 def _accumulate(loss_fn: LossFn, params, batches, keys: jax.Array):

@@ -54,6 +54,13 @@ def test_stack_batches_puts_micro_batch_b_at_accumulation_step_b_mod_a():
     assert out.tolist() == [[0, 2, 4], [1, 3, 5]]
 
 
+def test_stack_batches_keeps_zero_size_leaves():
+    # pretraining with neighbors=0 packs [256, 0] neighbour indices per micro-batch
+    micro = [{"nbr": np.zeros((256, 0), np.int32), "i": np.array(b)} for b in range(6)]
+    out = stack_batches(micro, 3)
+    assert out["nbr"].shape == (3, 2, 256, 0) and out["i"].tolist() == [[0, 3], [1, 4], [2, 5]]
+
+
 def test_a_batch_without_the_micro_batch_axes_is_refused():
     opt = optax.sgd(0.1)
     step = make_train_step(_loss, opt)
