@@ -108,6 +108,15 @@ def run_config(task: str, model: str, seed: int, args, *, scgpt=None, overrides=
     )
 
 
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The training settings :func:`run_config` reads (shared with ``osmfish_study.py``)."""
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--patience", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--knn", type=int, default=6)
+
+
 def trivial_baseline(task: str, data: str, opts: DataOptions) -> dict:
     """Per-gene training-mean predictor (expression) or majority class (celltype)."""
     fd = prepare_fimp_data(task, data, opts)
@@ -149,11 +158,7 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=str(REPO / "runs/osmfish"), help="converted checkpoints")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--variant", default="tiny")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--patience", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--knn", type=int, default=6)
+    add_training_arguments(p)
     p.add_argument("--out", default=str(REPO / "experiments/results/fimp_osmfish"))
     args = p.parse_args(argv)
     if not Path(args.data).exists():

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from osmfish import DEFAULT_DATA, run_config
+from osmfish import DEFAULT_DATA, add_training_arguments, run_config
 
 from jaxfm.model_dir import write_json_atomic
 from jaxfm.train.fimp import train_fimp
@@ -156,11 +156,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--variant", default="tiny", help=argparse.SUPPRESS)  # set per variant
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--patience", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--knn", type=int, default=6)
+    add_training_arguments(p)
     p.add_argument("--out", default=str(REPO / "experiments/results/fimp_osmfish_study"))
     args = p.parse_args(argv)
     if not Path(args.data).exists():
