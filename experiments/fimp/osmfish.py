@@ -109,12 +109,22 @@ def run_config(task: str, model: str, seed: int, args, *, scgpt=None, overrides=
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
-    """The training settings :func:`run_config` reads (shared with ``osmfish_study.py``)."""
+    """The data and training settings :func:`run_config` reads (shared with
+    ``osmfish_study.py``)."""
+    p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--knn", type=int, default=6)
+
+
+def data_exists(path: str) -> bool:
+    """Whether the osmFISH file is there (else says so on stderr)."""
+    if Path(path).exists():
+        return True
+    print(f"osmFISH file not found: {path} (pass --data)", file=sys.stderr)
+    return False
 
 
 def trivial_baseline(task: str, data: str, opts: DataOptions) -> dict:
@@ -148,7 +158,6 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--tasks", nargs="+", default=["celltype", "expression"])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=MODELS)
     p.add_argument(
@@ -161,8 +170,7 @@ def main(argv=None) -> int:
     add_training_arguments(p)
     p.add_argument("--out", default=str(REPO / "experiments/results/fimp_osmfish"))
     args = p.parse_args(argv)
-    if not Path(args.data).exists():
-        print(f"osmFISH file not found: {args.data} (pass --data)", file=sys.stderr)
+    if not data_exists(args.data):
         return 2
     if "fimp-scgpt" in args.models and not args.scgpt:
         p.error("--models fimp-scgpt needs --scgpt DIR (a converted scGPT) or --scgpt fixture")

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from osmfish import DEFAULT_DATA, add_training_arguments, run_config
+from osmfish import add_training_arguments, data_exists, run_config
 
 from jaxfm.model_dir import write_json_atomic
 from jaxfm.train.fimp import train_fimp
@@ -152,15 +152,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--variant", default="tiny", help=argparse.SUPPRESS)  # set per variant
     add_training_arguments(p)
     p.add_argument("--out", default=str(REPO / "experiments/results/fimp_osmfish_study"))
     args = p.parse_args(argv)
-    if not Path(args.data).exists():
-        print(f"osmFISH file not found: {args.data} (pass --data)", file=sys.stderr)
+    if not data_exists(args.data):
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
